@@ -1,0 +1,241 @@
+"""MeshLMForCausalLM: embed -> prelude -> loop(core, scheme) -> coda -> final norm -> head.
+
+The unique layers live in one list; the layout's schedule says which of them run at each
+unrolled position (a shared core appears once per loop). Every *unrolled* layer has its own
+KV-cache slot, so generation with a looped core caches each iteration separately.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from meshlm.config import Layout, MeshLMConfig, parse_scheme
+from meshlm.errors import MeshLMError
+from meshlm.model.layers import Layer, Rotary
+from meshlm.model.mesh import MeshScheme
+from meshlm.model.schemes import AdditiveScheme, DynamicScheme, StateScheme, StaticScheme
+
+# transformers renamed the cache argument and output field from `past_key_values` to `cache` (5.2x)
+_CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+try:  # transformers >= 5: init functions that skip weights already loaded from a checkpoint
+    from transformers import initialization as init
+except ImportError:  # pragma: no cover - transformers 4.x
+    from torch.nn import init
+
+
+def build_scheme(config: MeshLMConfig) -> StateScheme:
+    """The state-passing module named by ``config.scheme``."""
+    kind, terms = parse_scheme(config.scheme)
+    loops = config.parsed_layout.loops
+    builders = {
+        "base": lambda: StateScheme(),
+        "additive": lambda: AdditiveScheme(terms),
+        "static": lambda: StaticScheme(loops),
+        "dynamic": lambda: DynamicScheme(loops, config.hidden_size),
+        "mesh": lambda: MeshScheme(config),
+    }
+    return builders[kind]()
+
+
+class MeshLMPreTrainedModel(PreTrainedModel):
+    """Weight init and HF plumbing shared by the meshlm model classes."""
+
+    config_class = MeshLMConfig
+    base_model_prefix = "model"
+    _no_split_modules = ["Layer"]
+    _supports_sdpa = True
+    supports_gradient_checkpointing = False
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """Normal(0, initializer_range); output projections scaled by 1/sqrt(2 * unrolled layers).
+
+        Routers, gates and static coefficients provide their own values (``initial_values``).
+        """
+        cfg = self.config
+        std = cfg.initializer_range
+        if hasattr(module, "initial_values"):
+            for name, value in module.initial_values(cfg).items():
+                param = getattr(module, name)
+                init.copy_(param, value.to(device=param.device, dtype=param.dtype))
+        elif isinstance(module, nn.Linear):
+            scale = cfg.depth_init_scale() if getattr(module, "is_residual_out", False) else 1.0
+            init.normal_(module.weight, mean=0.0, std=std * scale)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+
+
+def _position_ids(attention_mask, past_len: int, q_len: int, batch: int, device) -> torch.Tensor:
+    if attention_mask is not None:
+        pos = attention_mask.long().cumsum(-1) - 1
+        return pos.clamp_min(0)[:, -q_len:]
+    return torch.arange(past_len, past_len + q_len, device=device).unsqueeze(0).expand(batch, -1)
+
+
+def _attention_mask(attention_mask, past_len: int, q_len: int, device) -> torch.Tensor | None:
+    """Boolean (batch|1, 1, q, kv) mask: causal, padding keys hidden; None means plain causal."""
+    if attention_mask is None and past_len == 0:
+        return None
+    kv_len = past_len + q_len
+    q_pos = torch.arange(past_len, kv_len, device=device)[:, None]
+    k_pos = torch.arange(kv_len, device=device)[None, :]
+    mask = (k_pos <= q_pos)[None, None]
+    if attention_mask is not None:
+        keys = attention_mask[:, None, None, -kv_len:].bool()
+        # a query always sees itself, so left-padding rows never become all -inf (NaN)
+        mask = (mask & keys) | (k_pos == q_pos)[None, None]
+    return mask
+
+
+class MeshLMModel(MeshLMPreTrainedModel):
+    """The backbone: returns the final hidden state (after the final LayerNorm)."""
+
+    def __init__(self, config: MeshLMConfig) -> None:
+        super().__init__(config)
+        layout = config.parsed_layout
+        self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(Layer(config) for _ in range(layout.unique_layers))
+        self.scheme = build_scheme(config)
+        self.final_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.rotary = Rotary(config)
+        self.embed_scale = math.sqrt(config.hidden_size) if config.scale_embeddings else 1.0
+        self.post_init()
+
+    def _check_split(self, split: Layout) -> None:
+        own = self.config.parsed_layout
+        if split != own and not (own.is_vanilla and split.unrolled_layers == own.unrolled_layers):
+            raise MeshLMError(
+                f"cannot view layout {self.config.layout!r} as {split}: only a vanilla model can be split, "
+                f"into a layout of the same unrolled depth ({own.unrolled_layers} layers)"
+            )
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        record: dict | None = None,
+        split: Layout | None = None,
+    ) -> torch.Tensor:
+        """Final hidden states (batch, seq, D).
+
+        ``record``, if given, receives the states ``emb``, ``h0``..``hK``, ``core_out1``..``core_outK``
+        (raw core outputs) and ``out`` (before the final norm), plus the scheme's internals.
+        ``split`` views a vanilla model as an unshared-core layout of equal depth (base scheme,
+        so outputs are unchanged) to expose block boundaries for probing.
+        """
+        batch, q_len = input_ids.shape
+        past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if past_len + q_len > self.config.max_position_embeddings:
+            raise MeshLMError(
+                f"sequence of {past_len + q_len} tokens exceeds max_position_embeddings "
+                f"{self.config.max_position_embeddings}"
+            )
+        if position_ids is None:
+            position_ids = _position_ids(attention_mask, past_len, q_len, batch, input_ids.device)
+        rope = self.rotary(position_ids)
+        mask = _attention_mask(attention_mask, past_len, q_len, input_ids.device)
+        if split is not None:
+            self._check_split(split)
+        layout = split or self.config.parsed_layout
+        prelude, loops, coda = layout.schedule()
+        slot = 0
+
+        def run(h: torch.Tensor, indices) -> torch.Tensor:
+            nonlocal slot
+            for i in indices:
+                h = self.layers[i](h, rope, mask, past_key_values, slot)
+                slot += 1
+            return h
+
+        h_emb = self.embed(input_ids) * self.embed_scale
+        scheme = self.scheme if split is None else StateScheme()
+        h, carry = scheme.begin(h_emb, run(h_emb, prelude), record)
+        if record is not None:
+            record.update(emb=h_emb, h0=h)
+        for t, core in enumerate(loops):
+            h_core = run(h, core)
+            h, carry = scheme.step(t, h, h_core, carry, record)
+            if record is not None:
+                record[f"core_out{t + 1}"] = h_core
+                record[f"h{t + 1}"] = h
+        h = run(h, coda)
+        if record is not None:
+            record["out"] = h
+        return self.final_norm(h)
+
+
+class MeshLMForCausalLM(MeshLMPreTrainedModel, GenerationMixin):
+    """Causal LM with an untied output head; the HF public API (``generate``, ``from_pretrained``)."""
+
+    _tied_weights_keys: dict[str, str] = {}
+
+    def __init__(self, config: MeshLMConfig) -> None:
+        super().__init__(config)
+        self.model = MeshLMModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.embed = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    def _new_cache(self) -> Cache:
+        try:
+            return DynamicCache(config=self.config)
+        except TypeError:  # pragma: no cover - transformers without config-aware caches
+            return DynamicCache()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int = 0,
+        cache: Cache | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """Logits (and the mean next-token loss when ``labels`` are given; -100 is ignored).
+
+        Labels are the input ids themselves, shifted inside as in HF models. ``cache`` is the
+        newer transformers name of ``past_key_values``; either works.
+        """
+        past_key_values = cache if cache is not None else past_key_values
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        if use_cache and past_key_values is None and not self.training:
+            past_key_values = self._new_cache()
+        if not use_cache:
+            past_key_values = None
+        h = self.model(input_ids, attention_mask, position_ids, past_key_values)
+        if logits_to_keep:
+            h = h[:, -logits_to_keep:]
+        logits = self.lm_head(h)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **{_CACHE_FIELD: past_key_values})

@@ -1,0 +1,77 @@
+"""MeSH: Memory-as-State-Highways (spec section 4).
+
+A buffer of B slots, each the shape of the hidden state, replaces the single state passed
+between loop iterations. Step s has a write router and a read router, ``Linear(D -> B)`` +
+softmax over slots, applied per token to the state entering the step:
+
+    m_0 = h_emb, m_b = 0 (b > 0)
+    m_b <- m_b + w_write_b(s) * x(s)       (x = what the step produced)
+    h    = sum_b m_b * w_read_b(s)
+
+Step 0 is the transitional cycle: it writes the prelude output and reads h(0). Step t+1 runs
+after core iteration t: it writes h_m(t) = f_core(h(t)) and reads h(t+1); its routers see h(t).
+So K loops use K + 1 write and K + 1 read routers.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from meshlm.config import MeshLMConfig
+from meshlm.model.schemes import StateScheme
+
+
+class Router(nn.Linear):
+    """``Linear(D -> B)`` whose softmax over slots gives per-token slot weights of one step.
+
+    Initialised with zero weights (input-independent at start) and a bias that is zero
+    (uniform 1/B) or, for ``fresh_slot``, ``router_init_bias`` on slot ``step + 1``.
+    """
+
+    def __init__(self, hidden: int, slots: int, step: int) -> None:
+        super().__init__(hidden, slots)
+        self.step = step
+
+    def initial_values(self, config: MeshLMConfig) -> dict[str, torch.Tensor]:
+        """Values the model's weight init gives this router's parameters."""
+        bias = torch.zeros(self.out_features)
+        if config.router_init == "fresh_slot":
+            bias[self.step + 1] = config.router_init_bias
+        return {"weight": torch.zeros(self.out_features, self.in_features), "bias": bias}
+
+    def weights(self, h: torch.Tensor) -> torch.Tensor:
+        """Slot weights (batch, seq, B), a softmax over slots for every token, in ``h``'s dtype."""
+        return torch.softmax(self(h).float(), dim=-1).to(h.dtype)
+
+
+class MeshScheme(StateScheme):
+    """The MeSH buffer with per-step read/write routers; works for shared and unshared cores."""
+
+    def __init__(self, config: MeshLMConfig) -> None:
+        super().__init__()
+        loops, d, slots = config.parsed_layout.loops, config.hidden_size, config.num_buffer_slots
+        self.slots = slots
+        self.transition_from_prelude = config.mesh_transition_input == "prelude"
+        self.write = nn.ModuleList(Router(d, slots, s) for s in range(loops + 1))
+        self.read = nn.ModuleList(Router(d, slots, s) for s in range(loops + 1))
+
+    def _cycle(self, step, buffer, router_input, x, record):
+        """One write-read cycle; returns (new state, new buffer). Buffer: (batch, seq, B, D)."""
+        w = self.write[step].weights(router_input)
+        r = self.read[step].weights(router_input)
+        buffer = buffer + w.unsqueeze(-1) * x.unsqueeze(-2)
+        h = (r.unsqueeze(-2) @ buffer).squeeze(-2)
+        if record is not None:
+            record.setdefault("write", []).append(w.detach())
+            record.setdefault("read", []).append(r.detach())
+        return h, buffer
+
+    def begin(self, h_emb, h_pre, record=None):
+        empty = h_emb.new_zeros(*h_emb.shape[:-1], self.slots - 1, h_emb.shape[-1])
+        buffer = torch.cat((h_emb.unsqueeze(-2), empty), dim=-2)
+        router_input = h_pre if self.transition_from_prelude else h_emb
+        return self._cycle(0, buffer, router_input, h_pre, record)
+
+    def step(self, t, h, h_core, carry, record=None):
+        return self._cycle(t + 1, carry, h, h_core, record)

@@ -1,0 +1,92 @@
+"""State passing between loop iterations (spec section 3): one family, one interface.
+
+Every scheme answers two calls and the loop never asks which scheme it runs:
+
+    h(0), carry     = scheme.begin(h_emb, f_pre(h_emb))
+    h(t+1), carry   = scheme.step(t, h(t), f_core_t(h(t)), carry)
+
+``carry`` is whatever the scheme needs across steps (the anchors, the MeSH buffer). An optional
+``record`` dict receives per-step internals (router weights) for the probes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+BASE_COEFFS = (1.0, 0.0, 0.0, 0.0)  # (f_core(h), h, h(0), h_emb): start as plain recursion
+
+
+class StateScheme(nn.Module):
+    """Base recursion ``h(t+1) = f_core(h(t))``; subclasses add a supplementary state."""
+
+    def begin(self, h_emb: torch.Tensor, h_pre: torch.Tensor, record: dict | None = None):
+        """State entering the loop, h(0), and the carry for the steps."""
+        return h_pre, (h_emb, h_pre)
+
+    def step(self, t: int, h: torch.Tensor, h_core: torch.Tensor, carry, record: dict | None = None):
+        """State after loop iteration t from h(t) and f_core(h(t))."""
+        return h_core, carry
+
+
+class AdditiveScheme(StateScheme):
+    """``h(t+1) = f_core(h(t)) + sum of the chosen terms`` among h(t), h(0) (anchor), h_emb (anchor*)."""
+
+    def __init__(self, terms: frozenset[str]) -> None:
+        super().__init__()
+        self.residual = "residual" in terms
+        self.anchor = "anchor" in terms
+        self.anchor_emb = "anchor*" in terms
+
+    def step(self, t, h, h_core, carry, record=None):
+        h_emb, h0 = carry
+        out = h_core
+        if self.residual:
+            out = out + h
+        if self.anchor:
+            out = out + h0
+        if self.anchor_emb:
+            out = out + h_emb
+        return out, carry
+
+
+def _combine(c: torch.Tensor, h_core, h, h0, h_emb) -> torch.Tensor:
+    """``c1 f_core(h) + c2 h + c3 h(0) + c4 h_emb``; ``c`` is (4,) or per token (..., 4)."""
+    c = c.to(h.dtype)
+    return c[..., 0:1] * h_core + c[..., 1:2] * h + c[..., 2:3] * h0 + c[..., 3:4] * h_emb
+
+
+class StaticScheme(StateScheme):
+    """Trainable scalar coefficients per iteration over (f_core(h), h, h(0), h_emb), starting as base."""
+
+    def __init__(self, loops: int) -> None:
+        super().__init__()
+        self.coeffs = nn.Parameter(torch.tensor([BASE_COEFFS] * loops))
+
+    def initial_values(self, config) -> dict[str, torch.Tensor]:
+        """Values the model's weight init gives this module's parameters."""
+        return {"coeffs": torch.tensor([BASE_COEFFS] * self.coeffs.shape[0])}
+
+    def step(self, t, h, h_core, carry, record=None):
+        h_emb, h0 = carry
+        return _combine(self.coeffs[t], h_core, h, h0, h_emb), carry
+
+
+class Gate(nn.Linear):
+    """Per-token combination coefficients ``Linear(D -> 4)``; zero weights, bias = base coefficients."""
+
+    def initial_values(self, config) -> dict[str, torch.Tensor]:
+        """Values the model's weight init gives this module's parameters."""
+        return {"weight": torch.zeros(self.out_features, self.in_features), "bias": torch.tensor(BASE_COEFFS)}
+
+
+class DynamicScheme(StateScheme):
+    """Per-token coefficients over (f_core(h), h, h(0), h_emb) from h(t) by a per-iteration linear gate."""
+
+    def __init__(self, loops: int, hidden: int) -> None:
+        super().__init__()
+        self.gates = nn.ModuleList(Gate(hidden, 4) for _ in range(loops))
+
+    def step(self, t, h, h_core, carry, record=None):
+        h_emb, h0 = carry
+        return _combine(self.gates[t](h), h_core, h, h0, h_emb), carry

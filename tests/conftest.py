@@ -1,0 +1,47 @@
+"""Shared fixtures: tiny configs that run in milliseconds on 2 CPU cores."""
+
+import pytest
+import torch
+
+from meshlm import MeshLMConfig, MeshLMForCausalLM
+
+# every scheme family on a layout it accepts
+SCHEME_CASES = [
+    ("base", "5"),
+    ("base", "1+2R2+1"),
+    ("residual", "1+2R2+1"),
+    ("anchor", "1+2R3+0"),
+    ("anchor*", "0+2R2+1"),
+    ("residual+anchor+anchor*", "1+1R3+1"),
+    ("static", "1+2R2+1"),
+    ("dynamic", "1+2R2+1"),
+    ("mesh", "1+2R2+1"),
+    ("mesh", "1+1+1+1"),
+]
+
+
+def tiny_config(**overrides) -> MeshLMConfig:
+    settings = dict(
+        vocab_size=97,
+        hidden_size=32,
+        num_attention_heads=4,
+        max_position_embeddings=64,
+        pad_token_id=0,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
+    settings.update(overrides)
+    return MeshLMConfig(**settings)
+
+
+def randomize_scheme(model: MeshLMForCausalLM, seed: int = 1) -> None:
+    """Give routers, gates and coefficients non-trivial values so the tests see them act."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.model.scheme.parameters():
+            param.copy_(torch.randn(param.shape, generator=gen) * 0.5 + param)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

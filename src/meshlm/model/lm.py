@@ -218,12 +218,15 @@ class MeshLMForCausalLM(MeshLMPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
         cache: Cache | None = None,
+        targets: torch.LongTensor | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
-        """Logits (and the mean next-token loss when ``labels`` are given; -100 is ignored).
+        """Logits (and the mean next-token loss when ``labels`` or ``targets`` are given; -100 is ignored).
 
-        Labels are the input ids themselves, shifted inside as in HF models. ``cache`` is the
-        newer transformers name of ``past_key_values``; either works.
+        ``labels`` are the input ids themselves, shifted inside as in HF models. ``targets`` are
+        already aligned with ``input_ids`` (token t+1 at position t, as the training loop feeds
+        them), so every position is scored. ``cache`` is the newer transformers name of
+        ``past_key_values``; either works.
         """
         past_key_values = cache if cache is not None else past_key_values
         use_cache = self.config.use_cache if use_cache is None else use_cache
@@ -238,4 +241,6 @@ class MeshLMForCausalLM(MeshLMPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+        elif targets is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
         return CausalLMOutputWithPast(loss=loss, logits=logits, **{_CACHE_FIELD: past_key_values})

@@ -1,0 +1,1 @@
+"""Training: optimizer and schedule, checkpoints, distributed setup and the training loop."""

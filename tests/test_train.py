@@ -1,0 +1,205 @@
+"""The training loop on CPU: schedule, decay groups, learning, exact resume, atomic checkpoints, NaN stop."""
+
+import itertools
+import json
+import math
+import signal
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import meshlm
+from meshlm.cli import main
+from meshlm.errors import MeshLMError
+from meshlm.train import checkpoint as ckpt
+from meshlm.train import loop
+from meshlm.train.loop import TrainConfig, train
+from meshlm.train.optim import lr_at, param_groups
+
+TEXT = " ".join(
+    f"The {w} of the {v} is {u}."
+    for w in ("cat", "dog", "sun", "sea")
+    for v in ("hill", "road", "lake")
+    for u in ("red", "blue", "green", "old", "new")
+)
+
+
+@pytest.fixture
+def corpus(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("corpus")
+    for i in range(40):
+        (folder / f"doc{i:02d}.txt").write_text(f"Document {i}. " + TEXT)
+    return str(folder)
+
+
+def tiny(corpus, out, **kw) -> TrainConfig:
+    base = dict(
+        data=corpus,
+        out=str(out),
+        tokenizer="bpe:300",
+        hidden_size=32,
+        num_attention_heads=4,
+        layout="1+1R2+1",
+        scheme="mesh",
+        seq_len=32,
+        batch_tokens=256,
+        micro_batch=4,
+        max_steps=8,
+        lr=3e-3,
+        log_every=1,
+        eval_every=4,
+        eval_batches=2,
+        progress=False,
+        tensorboard=False,
+        cache_dir=str(out.parent / "cache"),
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def losses(out):
+    return [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def test_schedule_warmup_peak_and_final_value():
+    peak, steps = 1e-3, 1000
+    assert lr_at(0, steps, peak) == pytest.approx(peak / 10)
+    assert lr_at(9, steps, peak) == pytest.approx(peak)
+    assert lr_at(steps - 1, steps, peak) == pytest.approx(0.1 * peak)
+    mid = 10 + (steps - 1 - 10) / 2
+    assert lr_at(int(mid), steps, peak) == pytest.approx(0.55 * peak, rel=1e-2)
+    values = [lr_at(s, steps, peak) for s in range(10, steps)]
+    assert all(a >= b for a, b in itertools.pairwise(values))
+
+
+def test_weight_decay_only_on_matrices():
+    model = meshlm.MeshLMForCausalLM(
+        meshlm.MeshLMConfig(vocab_size=64, hidden_size=16, num_attention_heads=2, layout="1+1R2+1", scheme="static")
+    )
+    decay, no_decay = param_groups(model, 0.01)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(
+        names[id(p)].endswith("weight") and ("norm" not in names[id(p)] and "ln" not in names[id(p)])
+        for p in decay["params"]
+    )
+    assert {names[id(p)] for p in no_decay["params"]} >= {"model.scheme.coeffs", "model.final_norm.weight"}
+    assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
+
+
+def test_tiny_run_learns_and_writes_a_loadable_model(corpus, tmp_path):
+    out = tmp_path / "run"
+    summary = train(tiny(corpus, out, max_steps=30, eval_every=10))
+    curve = losses(out)
+    assert curve[-1] < curve[0] - 1.0
+    assert summary["final_val_loss"] < math.log(300)
+    model = AutoModelForCausalLM.from_pretrained(out / "model")
+    assert model.config.scheme == "mesh" and model.config.layout == "1+1R2+1"
+    records = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert {"loss", "lr", "grad_norm", "tokens", "tokens_per_s", "mfu"} <= set(records[0])
+    assert records[-1]["tokens"] == 30 * 256
+
+
+def test_resume_after_signal_gives_bitwise_equal_losses(corpus, tmp_path, monkeypatch):
+    straight = tmp_path / "straight"
+    train(tiny(corpus, straight, max_steps=10))
+    interrupted = tmp_path / "interrupted"
+    original = loop.lr_at
+
+    def lr_then_sigterm(step, *args):
+        if step == 5:
+            signal.raise_signal(signal.SIGTERM)
+        return original(step, *args)
+
+    monkeypatch.setattr(loop, "lr_at", lr_then_sigterm)
+    train(tiny(corpus, interrupted, max_steps=10))
+    assert [p.name for p in ckpt.list_checkpoints(interrupted / "checkpoints")] == ["step-00000006"]
+    assert not (interrupted / "model").exists()
+    monkeypatch.setattr(loop, "lr_at", original)
+    summary = train(tiny(corpus, interrupted, max_steps=10, resume=True))
+    assert summary["resumed_from"].endswith("step-00000006")
+    assert losses(interrupted) == losses(straight)
+
+
+def test_crash_mid_save_keeps_previous_checkpoint(corpus, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    train(tiny(corpus, out, max_steps=4, save_every=2))
+    before = ckpt.list_checkpoints(out / "checkpoints")
+    assert [p.name for p in before] == ["step-00000002", "step-00000004"]
+    real_save = torch.save
+
+    def crash(obj, path, *a, **k):
+        if str(path).endswith("optimizer.pt"):
+            raise OSError("disk full (simulated)")
+        return real_save(obj, path, *a, **k)
+
+    monkeypatch.setattr(ckpt.torch, "save", crash)
+    with pytest.raises(OSError, match="simulated"):
+        train(tiny(corpus, out, max_steps=6, save_every=2, resume=True))
+    after = ckpt.list_checkpoints(out / "checkpoints")
+    assert after == before
+    assert not [p for p in (out / "checkpoints").iterdir() if p not in before]  # no half-written folder
+    assert AutoModelForCausalLM.from_pretrained(after[-1]) is not None
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(corpus, tmp_path, monkeypatch):
+    original = loop.lr_at
+    monkeypatch.setattr(loop, "lr_at", lambda step, *a: float("nan") if step >= 4 else original(step, *a))
+    out = tmp_path / "run"
+    with pytest.raises(MeshLMError, match=r"non-finite loss.*step-00000004"):
+        train(tiny(corpus, out, max_steps=10, save_every=2))
+    kept = ckpt.list_checkpoints(out / "checkpoints")
+    assert kept[-1].name == "step-00000004"
+    model = AutoModelForCausalLM.from_pretrained(kept[-1])
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def _cli_error(argv, capsys) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ")
+    return err[0]
+
+
+def test_bad_training_inputs_give_one_clear_error(corpus, tmp_path, capsys):
+    common = [
+        "train",
+        "--out",
+        str(tmp_path / "o"),
+        "--max-steps",
+        "2",
+        "--no-progress",
+        "--no-tensorboard",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--hidden-size",
+        "32",
+        "--num-attention-heads",
+        "4",
+    ]
+    missing = common + ["--data", str(tmp_path / "missing"), "--tokenizer", "bpe:300"]
+    assert "does not exist" in _cli_error(missing, capsys)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "a.txt").write_text("   \n")
+    assert "empty" in _cli_error(common + ["--data", str(empty), "--tokenizer", "bpe:300"], capsys).lower()
+    short = tmp_path / "short"
+    short.mkdir()
+    (short / "a.txt").write_text("just a few words here")
+    _cli_error(
+        common + ["--data", str(short), "--tokenizer", "bpe:300", "--seq-len", "64", "--batch-tokens", "256"], capsys
+    )
+    assert "tokenizer" in _cli_error(common + ["--data", corpus, "--tokenizer", "bpe:abc"], capsys).lower()
+    assert "max_position_embeddings" in _cli_error(
+        common + ["--data", corpus, "--tokenizer", "bpe:300", "--seq-len", "4096"], capsys
+    )
+    assert "--tokenizer" in _cli_error(common + ["--data", corpus], capsys)
+
+
+def test_resume_into_a_different_model_is_refused(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    train(tiny(corpus, out, max_steps=2))
+    with pytest.raises(MeshLMError, match="different model"):
+        train(tiny(corpus, out, max_steps=4, resume=True, scheme="anchor"))
+    with pytest.raises(MeshLMError, match="--resume"):
+        train(tiny(corpus, out, max_steps=4))

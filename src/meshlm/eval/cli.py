@@ -1,0 +1,223 @@
+"""``meshlm eval MODEL_DIR``: perplexity, rolling perplexity, LAMBADA and lm-eval tasks in one report.
+
+The model dir is any ``from_pretrained``-loadable causal LM with its tokenizer (meshlm
+checkpoints are; importing :mod:`meshlm` registers its model class). Weights are loaded in
+fp32; forward passes use bf16 autocast on CUDA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from meshlm.accounting import count_parameters
+from meshlm.data.shards import load_tokens
+from meshlm.data.sources import is_shard_dir, iter_documents
+from meshlm.data.tokenizers import load_tokenizer
+from meshlm.errors import MeshLMError
+from meshlm.eval.harness import run_harness
+from meshlm.eval.lambada import lambada
+from meshlm.eval.perplexity import documents_to_stream, rolling_document_perplexity, token_perplexity
+from meshlm.eval.scoring import check_context, model_max_length, prepare_model
+from meshlm.eval.tables import report_markdown, table1_row
+
+SHARD_SPLIT = "val"
+
+
+def add_subcommand(subparsers) -> None:
+    """Register ``meshlm eval``."""
+    p = subparsers.add_parser(
+        "eval",
+        help="evaluate a model dir: perplexity, LAMBADA, LM Evaluation Harness tasks",
+        description=(
+            "Evaluate a saved model (a folder with config, weights and tokenizer). Each --ppl/--rolling "
+            "source is any --data string (file, folder, glob, builtin:NAME, hf:DATASET...); a shard folder "
+            f"gives its '{SHARD_SPLIT}' tokens directly. Table 1 picks up the names pile, wikitext, "
+            "lambada_openai and lambada_standard."
+        ),
+    )
+    p.add_argument("model_dir", help="folder written by training (or any HF causal LM folder)")
+    p.add_argument(
+        "--ppl",
+        action="append",
+        default=[],
+        metavar="NAME=SOURCE",
+        help="token-level perplexity over SOURCE's documents joined as EOS doc EOS doc ... (repeatable)",
+    )
+    p.add_argument("--context", type=int, help="tokens per forward pass (default: the model's maximum)")
+    p.add_argument("--stride", type=int, help="tokens newly scored per window for --ppl (default: --context)")
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        help="cap each --ppl stream near N tokens (text: after the document reaching N; shards: exactly N)",
+    )
+    p.add_argument(
+        "--rolling",
+        action="append",
+        default=[],
+        metavar="NAME=SOURCE",
+        help="document-level rolling perplexity as lm-eval's wikitext computes it (repeatable)",
+    )
+    p.add_argument(
+        "--lambada",
+        action="append",
+        default=[],
+        metavar="[NAME=]FILE.jsonl",
+        help="LAMBADA accuracy/perplexity on a jsonl with a 'text' field; NAME defaults to the file stem",
+    )
+    p.add_argument("--tasks", help="comma-separated lm-eval tasks, e.g. piqa,arc_easy,lambada_openai")
+    p.add_argument("--num-fewshot", default="0", help="comma-separated shot counts for --tasks (default 0)")
+    p.add_argument("--include-path", help="folder of extra lm-eval task YAMLs")
+    p.add_argument("--limit", type=float, help="lm-eval examples per task (a fraction if < 1); for testing")
+    p.add_argument(
+        "--bootstrap-iters",
+        type=int,
+        default=100000,
+        help="lm-eval bootstrap iterations for the stderr of perplexity-type metrics (0 skips them)",
+    )
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--json", type=Path, metavar="OUT", help="write every number and the model info here")
+    p.add_argument("--markdown", type=Path, metavar="OUT", help="write the Table 1 row and per-task tables here")
+    p.set_defaults(func=run_eval)
+
+
+def parse_named(value: str, option: str) -> tuple[str, str]:
+    """``NAME=VALUE`` -> ``(NAME, VALUE)``; MeshLMError if either side is empty."""
+    name, sep, rest = value.partition("=")
+    if not sep or not name.strip() or not rest.strip():
+        raise MeshLMError(f"{option} takes NAME=SOURCE, got {value!r} (e.g. {option} pile=data/pile_val.jsonl).")
+    return name.strip(), rest.strip()
+
+
+def parse_int_list(value: str, option: str) -> list[int]:
+    """``"0,5"`` -> ``[0, 5]``; MeshLMError for anything but non-negative integers."""
+    try:
+        numbers = [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise MeshLMError(f"{option} takes comma-separated integers, got {value!r} (e.g. 0,5).") from None
+    if not numbers or any(n < 0 for n in numbers):
+        raise MeshLMError(f"{option} takes comma-separated non-negative integers, got {value!r}.")
+    return numbers
+
+
+def load_model_dir(model_dir: str | Path):
+    """fp32 model and tokenizer of a saved folder; MeshLMError if it is not one."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = Path(model_dir).expanduser()
+    if not (folder / "config.json").is_file():
+        raise MeshLMError(f"{folder} is not a model folder (no config.json); give a checkpoint folder from training.")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    except (OSError, ValueError, KeyError) as e:
+        raise MeshLMError(f"cannot load the model in {folder}: {e}") from e
+    return model, tokenizer
+
+
+def model_info(model, model_dir: str | Path) -> dict:
+    """What the report records about the model: type, layout, scheme, parameters, tokens trained."""
+    config = model.config
+    info = {
+        "dir": str(model_dir),
+        "model_type": config.model_type,
+        "layout": getattr(config, "layout", None),
+        "scheme": getattr(config, "scheme", None),
+        "max_position_embeddings": model_max_length(model),
+        "parameters": count_parameters(model),
+        "tokens_trained": None,
+    }
+    state_file = Path(model_dir) / "trainer_state.json"
+    if state_file.is_file():
+        info["tokens_trained"] = json.loads(state_file.read_text()).get("tokens_seen")
+    return info
+
+
+def _shard_stream(model_dir: Path, source: str, max_tokens: int | None, hf_tokenizer) -> tuple[torch.Tensor, int]:
+    """Held-out tokens of a shard folder (checked against the model's tokenizer) and their byte count."""
+    shards = load_tokens(source, load_tokenizer(str(model_dir)))
+    if SHARD_SPLIT not in shards.splits or shards.num_tokens(SHARD_SPLIT) < 2:
+        raise MeshLMError(
+            f"shard folder {source} has no '{SHARD_SPLIT}' tokens to evaluate; prepare it with a val split."
+        )
+    tokens = torch.from_numpy(shards.split(SHARD_SPLIT)[:max_tokens].astype("int64"))
+    text = hf_tokenizer.decode(tokens[1:].tolist(), skip_special_tokens=True)
+    return tokens, len(text.encode("utf-8"))
+
+
+def _ppl_stream(model_dir: Path, source: str, max_tokens: int | None, tokenizer) -> tuple[torch.Tensor, int]:
+    if is_shard_dir(source):
+        return _shard_stream(model_dir, source, max_tokens, tokenizer)
+    return documents_to_stream(tokenizer, iter_documents(source), max_tokens)
+
+
+def evaluate_model_dir(args: argparse.Namespace) -> dict:
+    """Run every evaluation the arguments ask for and return the report."""
+    ppl_specs = [parse_named(v, "--ppl") for v in args.ppl]
+    rolling_specs = [parse_named(v, "--rolling") for v in args.rolling]
+    lambada_specs = [parse_named(v, "--lambada") if "=" in v else (Path(v).stem, v) for v in args.lambada]
+    tasks = [t.strip() for t in (args.tasks or "").split(",") if t.strip()]
+    shots = parse_int_list(args.num_fewshot, "--num-fewshot")
+    if not (ppl_specs or rolling_specs or lambada_specs or tasks):
+        raise MeshLMError("nothing to evaluate; give --ppl, --rolling, --lambada or --tasks.")
+    model_dir = Path(args.model_dir).expanduser()
+    model, tokenizer = load_model_dir(model_dir)
+    device = prepare_model(model, args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    context = args.context or model_max_length(model)
+    check_context(model, context)
+    stride = args.stride or context
+    report: dict = {
+        "model": model_info(model, model_dir),
+        "settings": {
+            "context": context,
+            "stride": stride,
+            "batch_size": args.batch_size,
+            "device": str(device),
+            "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
+        },
+    }
+    common = {"batch_size": args.batch_size, "device": device, "progress": True}
+    for name, source in ppl_specs:
+        tokens, n_bytes = _ppl_stream(model_dir, source, args.max_tokens, tokenizer)
+        result = token_perplexity(model, tokens, context, stride, n_bytes=n_bytes, **common)
+        report.setdefault("ppl", {})[name] = {"source": source, **result}
+    for name, source in rolling_specs:
+        result = rolling_document_perplexity(model, tokenizer, list(iter_documents(source)), context, **common)
+        report.setdefault("rolling", {})[name] = {"source": source, **result}
+    for name, path in lambada_specs:
+        report.setdefault("lambada", {})[name] = {"source": path, **lambada(model, tokenizer, path, **common)}
+    limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
+    for n in shots if tasks else []:
+        report.setdefault("harness", {})[str(n)] = run_harness(
+            model,
+            tokenizer,
+            tasks,
+            n,
+            args.batch_size,
+            device,
+            include_path=args.include_path,
+            limit=limit,
+            max_length=context,
+            bootstrap_iters=args.bootstrap_iters,
+        )
+    report["table1"] = table1_row(report)
+    return report
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """Handler of ``meshlm eval``: evaluate, print the summary, write --json / --markdown."""
+    report = evaluate_model_dir(args)
+    markdown = report_markdown(report)
+    sys.stdout.write(markdown)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(markdown)
+    return 0

@@ -245,6 +245,14 @@ def test_vanilla_split_view_keeps_logits_and_exposes_blocks():
         model.model(ids, split=parse_layout("1+2+2+2"))
 
 
+def test_split_equal_to_own_layout_keeps_the_scheme():
+    model = build("mesh", "1+2R2+1")
+    ids = torch.randint(1, 97, (2, 8))
+    torch.testing.assert_close(model.model(ids, split=parse_layout("1+2R2+1")), model.model(ids))
+    with pytest.raises(ValueError, match="only a vanilla model can be split"):
+        model.model(ids, split=parse_layout("1+2+2+1"))
+
+
 @pytest.mark.parametrize(("scheme", "layout"), [("mesh", "1+2R2+1"), ("dynamic", "1+2R2+1"), ("base", "3")])
 def test_save_and_load_through_auto_classes(tmp_path, scheme, layout):
     model = build(scheme, layout)

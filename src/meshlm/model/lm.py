@@ -8,6 +8,7 @@ KV-cache slot, so generation with a looped core caches each iteration separately
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +54,21 @@ class MeshLMPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["Layer"]
     _supports_sdpa = True
     supports_gradient_checkpointing = False
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
+        """``PreTrainedModel.save_pretrained``, then ship the modelling code (:func:`meshlm.hub.export_remote_code`).
+
+        The folder then also loads with ``trust_remote_code=True`` and no ``import meshlm``.
+        """
+        super().save_pretrained(save_directory, **kwargs)
+        try:
+            from meshlm.hub import export_remote_code
+        except ImportError:  # this file's remote-code copy without meshlm: transformers copied the files itself
+            return
+        dist = torch.distributed
+        rank0 = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+        if kwargs.get("is_main_process", True) and rank0:
+            export_remote_code(save_directory)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -149,6 +165,8 @@ class MeshLMModel(MeshLMPreTrainedModel):
             position_ids = _position_ids(attention_mask, past_len, q_len, batch, input_ids.device)
         rope = self.rotary(position_ids)
         mask = _attention_mask(attention_mask, past_len, q_len, input_ids.device)
+        if split == self.config.parsed_layout:
+            split = None  # viewing a model as its own layout changes nothing
         if split is not None:
             self._check_split(split)
         layout = split or self.config.parsed_layout

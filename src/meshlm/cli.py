@@ -17,7 +17,7 @@ from meshlm.config import PRESETS, MeshLMConfig
 from meshlm.errors import MeshLMError
 
 # modules that contribute a subcommand through ``add_subcommand(subparsers)``
-SUBCOMMAND_MODULES = ("meshlm.data.cli", "meshlm.train.cli", "meshlm.eval.cli", "meshlm.compare")
+SUBCOMMAND_MODULES = ("meshlm.data.cli", "meshlm.train.cli", "meshlm.eval.cli", "meshlm.probe.cli", "meshlm.compare")
 
 # the paper's configurations (spec section 2): preset -> (vanilla layout, recursive layouts)
 PAPER_CONFIGS = {

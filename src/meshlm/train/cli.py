@@ -46,19 +46,24 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="YAML file of the same options (flags override it)")
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Merge ``--config`` YAML and the flags given on the command line into a TrainConfig."""
-    values: dict = {}
-    if args.config is not None:
-        import yaml
+def read_config_file(path: Path) -> dict:
+    """The option mapping of a ``--config`` YAML file, keys normalised to underscores."""
+    import yaml
 
-        try:
-            loaded = yaml.safe_load(args.config.read_text()) or {}
-        except (OSError, yaml.YAMLError) as err:
-            raise MeshLMError(f"cannot read --config {args.config}: {err}") from err
-        if not isinstance(loaded, dict):
-            raise MeshLMError(f"--config {args.config} must hold a mapping of option: value")
-        values.update({k.replace("-", "_"): v for k, v in loaded.items()})
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise MeshLMError(f"cannot read --config {path}: {err}") from err
+    if not isinstance(loaded, dict):
+        raise MeshLMError(f"--config {path} must hold a mapping of option: value")
+    return {str(k).replace("-", "_"): v for k, v in loaded.items()}
+
+
+def config_from_args(args: argparse.Namespace, file_values: dict | None = None) -> TrainConfig:
+    """Merge the ``--config`` YAML (or ``file_values`` already read from it) and the given flags."""
+    if file_values is None:
+        file_values = read_config_file(args.config) if args.config is not None else {}
+    values = dict(file_values)
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     values.update({k: v for k, v in vars(args).items() if k in names and v is not None})
     return TrainConfig.from_dict(values)

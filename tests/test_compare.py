@@ -1,0 +1,152 @@
+"""The matched-compute sweep on a tiny CPU config: same data order, matched FLOPs, full report, resumable."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from meshlm.compare import Sweep, Variant, plan, run_sweep
+from meshlm.data.shards import TokenBatchSampler
+from meshlm.errors import MeshLMError
+from meshlm.train import loop
+from meshlm.train.loop import TrainConfig
+
+DOCS = [
+    " ".join(f"Doc {d} line {i}: the red fox sat near {(i * d) % 11} trees." for i in range(12)) for d in range(300)
+]
+VARIANTS = ["vanilla", "base", "anchor", "mesh"]
+
+
+@pytest.fixture
+def sweep(tmp_path) -> Sweep:
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": doc}) + "\n" for doc in DOCS))
+    train = TrainConfig(
+        data=str(corpus),
+        out=str(tmp_path / "cmp"),
+        tokenizer="bpe:300",
+        hidden_size=32,
+        num_attention_heads=4,
+        layout="1+1R2+1",
+        seq_len=32,
+        batch_tokens=256,
+        max_steps=6,
+        lr=3e-3,
+        log_every=1,
+        eval_every=3,
+        eval_batches=2,
+        progress=False,
+        tensorboard=False,
+        cache_dir=str(tmp_path / "cache"),
+        device="cpu",
+    )
+    return Sweep(
+        train=train,
+        variants=[Variant.parse(v) for v in VARIANTS],
+        seeds=[0],
+        out=tmp_path / "cmp",
+        eval_tokens=2048,
+        probe_samples=2,
+    )
+
+
+def test_plan_matches_compute_and_derives_the_vanilla_twin(sweep):
+    planned = plan(sweep)
+    rows = planned["variants"]
+    assert rows["vanilla"]["layout"] == "4" and rows["mesh"]["layout"] == "1+1R2+1"
+    assert {r["unrolled_layers"] for r in rows.values()} == {4}
+    assert rows["vanilla"]["flops_per_token"] == rows["base"]["flops_per_token"] == rows["anchor"]["flops_per_token"]
+    assert rows["mesh"]["flops_per_token"] == pytest.approx(rows["base"]["flops_per_token"], rel=1e-2)
+    assert rows["base"]["non_embedding"] < rows["vanilla"]["non_embedding"]
+    assert rows["mesh"]["total_flops"] == rows["mesh"]["flops_per_token"] * 6 * 256
+
+
+def test_budget_beyond_one_epoch_is_refused_unless_allowed(sweep):
+    sweep.train.max_steps = 10_000
+    with pytest.raises(MeshLMError, match="one epoch"):
+        plan(sweep)
+    sweep.allow_repeat = True
+    assert plan(sweep)["epochs"] > 1
+
+
+def test_variant_parsing():
+    assert Variant.parse("vanilla").vanilla
+    assert Variant.parse("anchor+residual").scheme == "residual+anchor"
+    fresh = Variant.parse({"name": "mesh-fresh", "scheme": "mesh", "router_init": "fresh_slot"})
+    assert (fresh.name, fresh.scheme, fresh.overrides) == ("mesh-fresh", "mesh", {"router_init": "fresh_slot"})
+    with pytest.raises(MeshLMError, match="unknown scheme"):
+        Variant.parse("meshy")
+
+
+def test_sweep_same_data_order_full_report_and_resume(sweep, monkeypatch):
+    seen: dict[int, list[str]] = {}
+    original = TokenBatchSampler.batches_for_step
+
+    def spy(self, step):
+        batches = original(self, step)
+        digest = hashlib.sha256(b"".join(x.numpy().tobytes() + y.numpy().tobytes() for x, y in batches)).hexdigest()
+        seen.setdefault(id(self), []).append(digest)
+        return batches
+
+    monkeypatch.setattr(TokenBatchSampler, "batches_for_step", spy)
+    # first pass is interrupted after 3 steps of every run
+    sweep.train.stop_after = 3
+    with pytest.raises(MeshLMError, match="run the same command again"):
+        run_sweep(sweep)
+    partial = {
+        v: json.loads((sweep.run_dir(Variant.parse(v), 0) / "log.jsonl").read_text().splitlines()[0]) for v in VARIANTS
+    }
+    sweep.train.stop_after = None
+    summary = run_sweep(sweep)
+
+    streams = list(seen.values())
+    assert len(streams) == 2 * len(VARIANTS)  # one sampler per run and pass
+    first_pass, second_pass = streams[: len(VARIANTS)], streams[len(VARIANTS) :]
+    assert all(s == first_pass[0] for s in first_pass)
+    assert all(s == second_pass[0] for s in second_pass)
+    assert len(first_pass[0]) == len(second_pass[0]) == 3  # the second pass resumed at step 4, not at 1
+    for v in VARIANTS:
+        log = [json.loads(x) for x in (sweep.run_dir(Variant.parse(v), 0) / "log.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in log] == list(range(1, 7))
+        assert log[0] == partial[v]
+
+    report = (sweep.out / "report.md").read_text()
+    for v in VARIANTS:
+        assert f"| {v} |" in report
+    assert "Gap closure" in report
+    data = json.loads((sweep.out / "report.json").read_text())
+    assert set(data["variants"]) == set(VARIANTS)
+    assert data["variants"]["vanilla"]["held-out"]["delta_vs_vanilla"] == 0
+    for name in (
+        "loss_curves.png",
+        "probe/update_magnitude.png",
+        "probe/cka.png",
+        "probe/spectra.png",
+        "probe/routers.png",
+    ):
+        path = sweep.out / name
+        assert path.exists() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert summary["plan"]["data_order"] == data["plan"]["data_order"]
+
+    # a third run retrains nothing
+    monkeypatch.setattr(loop, "train", lambda cfg: pytest.fail(f"retrained {cfg.out}"))
+    run_sweep(sweep)
+
+
+def test_compare_cli_reads_sweep_yaml(tmp_path, sweep, capsys):
+    from meshlm.cli import main
+
+    config = tmp_path / "sweep.yaml"
+    config.write_text(
+        f"data: {sweep.train.data}\ntokenizer: bpe:300\nhidden_size: 32\nnum_attention_heads: 4\n"
+        f"layout: 1+1R2+1\nseq_len: 32\nbatch_tokens: 256\nmax_steps: 3\nlog_every: 1\neval_batches: 2\n"
+        f"device: cpu\nprogress: false\ntensorboard: false\ncache_dir: {tmp_path / 'cache'}\n"
+        "variants: [vanilla, {name: mesh-fresh, scheme: mesh, router_init: fresh_slot}]\nseeds: [1]\n"
+        "probe_samples: 0\neval_tokens: 1024\n"
+    )
+    assert main(["compare", "--config", str(config), "--out", str(tmp_path / "yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "mesh-fresh" in out and "vanilla" in out
+    cfg = json.loads((Path(tmp_path / "yaml/runs/mesh-fresh-seed1/model/config.json")).read_text())
+    assert cfg["router_init"] == "fresh_slot"

@@ -82,8 +82,10 @@ def test_lambada_file_errors(tmp_path, pair):
         lambada(model, tokenizer, tmp_path / "missing.jsonl")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine line"}\n{"no_text": 1}\n')
-    with pytest.raises(MeshLMError, match=r"bad\.jsonl:2 has no string 'text'"):
+    with pytest.raises(
+        MeshLMError, match=r"bad\.jsonl:2: each jsonl line must be an object"
+    ):
         lambada(model, tokenizer, bad)
     bad.write_text("not json\n")
-    with pytest.raises(MeshLMError, match="not valid JSON"):
+    with pytest.raises(MeshLMError, match="malformed JSON"):
         lambada(model, tokenizer, bad)

@@ -263,7 +263,8 @@ def _iter_txt(path: Path) -> Iterator[str]:
     yield path.read_text(encoding="utf-8")
 
 
-def _iter_jsonl(path: Path) -> Iterator[str]:
+def iter_jsonl_texts(path: Path) -> Iterator[str]:
+    """The string ``text`` field of every non-blank line of a jsonl file (file:line in every error)."""
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -296,7 +297,7 @@ def _iter_parquet(path: Path) -> Iterator[str]:
 
 _FILE_READERS: dict[str, Callable[[Path], Iterator[str]]] = {
     ".txt": _iter_txt,
-    ".jsonl": _iter_jsonl,
+    ".jsonl": iter_jsonl_texts,
     ".parquet": _iter_parquet,
 }
 

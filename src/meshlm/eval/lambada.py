@@ -10,7 +10,6 @@ every target token is the model's greedy (argmax) choice; perplexity is
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from meshlm.data.sources import iter_jsonl_texts
 from meshlm.errors import MeshLMError
 from meshlm.eval.perplexity import prefix_token_id
 from meshlm.eval.scoring import model_max_length, pair_item, prepare_model, score_items
@@ -28,19 +28,7 @@ def read_jsonl_texts(path: str | Path) -> list[str]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise MeshLMError(f"LAMBADA file {path} does not exist; give a jsonl file with a 'text' field per line.")
-    texts = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise MeshLMError(f"{path}:{number} is not valid JSON ({e.msg}).") from None
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise MeshLMError(f"{path}:{number} has no string 'text' field.")
-            texts.append(record["text"])
-    return texts
+    return list(iter_jsonl_texts(path))
 
 
 def split_last_word(text: str) -> tuple[str, str]:

@@ -75,3 +75,12 @@ def test_ddp_and_fsdp_match_single_process_and_resume_across_modes(corpus, tmp_p
     assert len(losses(resumed)) == 3
     torchrun(options(corpus, resumed, cache), "--resume", "--fsdp")
     assert losses(resumed) == pytest.approx(losses(single), abs=1e-5)
+
+
+def test_fsdp_units_leave_the_shared_core_in_the_root():
+    from meshlm.config import parse_layout
+    from meshlm.train.distributed import _layers_run_once
+
+    assert _layers_run_once(parse_layout("2+4R2+2")) == [0, 1, 6, 7]  # core layers 2..5 run twice
+    assert _layers_run_once(parse_layout("1+2+2+1")) == list(range(6))  # unshared cores run once each
+    assert _layers_run_once(parse_layout("0+3R3+0")) == []

@@ -7,6 +7,7 @@ the run is a single process and every collective is a no-op.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
@@ -99,6 +100,18 @@ def setup_distributed(fsdp: bool = False) -> Dist:
     return Dist(rank=rank, world=world, local_rank=local_rank, device=device, fsdp=fsdp)
 
 
+def _layers_run_once(layout) -> list[int]:
+    """Unique layers that run once per forward pass (prelude, coda, unshared cores).
+
+    Only these get their own FSDP2 unit. A shared core layer runs K times per pass; its
+    per-module all-gather/reduce-scatter hooks would fire K times, so it stays in the root
+    unit, which is gathered once for the whole forward and backward.
+    """
+    prelude, loops, coda = layout.schedule()
+    uses = Counter([*prelude, *(i for loop in loops for i in loop), *coda])
+    return [i for i, n in sorted(uses.items()) if n == 1]
+
+
 def wrap_model(model: nn.Module, dist: Dist, compile: bool = False) -> nn.Module:
     """Compile (in place, so state-dict keys keep their names), then shard (FSDP2) or replicate (DDP)."""
     if compile:
@@ -108,9 +121,9 @@ def wrap_model(model: nn.Module, dist: Dist, compile: bool = False) -> nn.Module
     if dist.fsdp:
         from torch.distributed.fsdp import fully_shard
 
-        for layer in model.model.layers:
-            fully_shard(layer)
-        fully_shard(model)
+        for index in _layers_run_once(model.config.parsed_layout):
+            fully_shard(model.model.layers[index])
+        fully_shard(model)  # the root group also holds the shared core layers
         return model
     from torch.nn.parallel import DistributedDataParallel
 

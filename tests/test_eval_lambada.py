@@ -82,9 +82,7 @@ def test_lambada_file_errors(tmp_path, pair):
         lambada(model, tokenizer, tmp_path / "missing.jsonl")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine line"}\n{"no_text": 1}\n')
-    with pytest.raises(
-        MeshLMError, match=r"bad\.jsonl:2: each jsonl line must be an object"
-    ):
+    with pytest.raises(MeshLMError, match=r"bad\.jsonl:2: each jsonl line must be an object"):
         lambada(model, tokenizer, bad)
     bad.write_text("not json\n")
     with pytest.raises(MeshLMError, match="malformed JSON"):

@@ -190,7 +190,7 @@ def test_mesh_default_buffer_is_k_plus_3_and_router_count():
 
 
 def test_router_init_uniform_and_fresh_slot():
-    uniform = MeshLMForCausalLM(tiny_config(scheme="mesh", layout="1+2R2+1"))
+    uniform = MeshLMForCausalLM(tiny_config(scheme="mesh", layout="1+2R2+1", router_init="uniform"))
     record = {}
     uniform.model(torch.randint(1, 97, (1, 4)), record=record)
     torch.testing.assert_close(record["read"][1], torch.full((1, 4, 5), 0.2))
@@ -201,6 +201,34 @@ def test_router_init_uniform_and_fresh_slot():
         assert router.bias.argmax().item() == step + 1
         assert router.bias.max().item() == 3.0
         assert router.weight.abs().sum() == 0
+
+
+def _router_rows_after_training(router_init: str) -> torch.Tensor:
+    """Write-router weight rows of the empty slots 1..B-1 after a few AdamW steps."""
+    model = MeshLMForCausalLM(tiny_config(scheme="mesh", layout="1+2R2+1", router_init=router_init)).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(3):
+        ids = torch.randint(1, 97, (4, 12))
+        model(ids, labels=ids).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return model.model.scheme.write[1].weight.detach()[1:]
+
+
+def test_uniform_router_init_never_tells_the_empty_slots_apart_and_normal_does():
+    uniform = _router_rows_after_training("uniform")
+    assert uniform.abs().sum() > 0  # the routers did learn ...
+    torch.testing.assert_close(uniform, uniform[:1].expand_as(uniform))  # ... but slots 1..B-1 stay identical
+    normal = _router_rows_after_training("normal")
+    assert (normal[0] - normal[1]).abs().max() > 1e-3
+
+
+def test_normal_router_init_is_default_and_small():
+    model = MeshLMForCausalLM(tiny_config(hidden_size=256, scheme="mesh", layout="1+2R2+1"))
+    router = model.model.scheme.read[0]
+    assert model.config.router_init == "normal"
+    assert router.weight.std().item() == pytest.approx(0.02, rel=0.1)
+    assert router.bias.abs().sum() == 0
 
 
 def test_static_and_dynamic_start_as_base_recursion():

@@ -27,7 +27,7 @@ SCHEME_FORMS = (
     "accepted schemes: 'base', 'residual', 'anchor', 'anchor*', a '+'-joined set of residual/anchor/anchor* "
     "(e.g. 'residual+anchor'), 'static', 'dynamic', 'mesh'"
 )
-ROUTER_INITS = ("uniform", "fresh_slot")
+ROUTER_INITS = ("normal", "uniform", "fresh_slot")
 TRANSITION_ROUTER_INPUTS = ("prelude", "embedding")
 
 
@@ -149,11 +149,13 @@ class MeshLMConfig(PretrainedConfig):
 
     Besides the usual GPT-NeoX fields, ``layout`` and ``scheme`` select the recursion and the
     state passing (see :func:`parse_layout`, :func:`parse_scheme`). MeSH options: ``buffer_size``
-    (slots; ``None`` means K + 3), ``router_init`` (``"uniform"``: zero weights and biases, so every
-    step starts with 1/B on each slot; ``"fresh_slot"``: zero weights, bias ``router_init_bias`` on
-    slot s+1 for step s, so step s starts writing to and reading from its own fresh slot) and
-    ``mesh_transition_input`` (what feeds the transitional routers: ``"prelude"`` output, the
-    default, or the ``"embedding"``).
+    (slots; ``None`` means K + 3), ``router_init`` (``"normal"``, the default: weights
+    N(0, initializer_range) and zero biases, so every step starts close to 1/B per slot with the
+    slots told apart; ``"uniform"``: zero weights and biases, exactly 1/B, but then the empty
+    slots 1..B-1 get identical weights and gradients forever and act as one slot;
+    ``"fresh_slot"``: zero weights, bias ``router_init_bias`` on slot s+1 for step s, so step s
+    starts writing to and reading from its own fresh slot) and ``mesh_transition_input`` (what
+    feeds the transitional routers: ``"prelude"`` output, the default, or the ``"embedding"``).
     """
 
     model_type = "meshlm"
@@ -168,7 +170,7 @@ class MeshLMConfig(PretrainedConfig):
         layout: str = "6",
         scheme: str = "base",
         buffer_size: int | None = None,
-        router_init: str = "uniform",
+        router_init: str = "normal",
         router_init_bias: float = 2.0,
         mesh_transition_input: str = "prelude",
         rotary_pct: float = 0.25,

@@ -25,8 +25,9 @@ from meshlm.model.schemes import StateScheme
 class Router(nn.Linear):
     """``Linear(D -> B)`` whose softmax over slots gives per-token slot weights of one step.
 
-    Initialised with zero weights (input-independent at start) and a bias that is zero
-    (uniform 1/B) or, for ``fresh_slot``, ``router_init_bias`` on slot ``step + 1``.
+    Initialised (``config.router_init``) with N(0, initializer_range) weights and zero bias
+    (``normal``), all zeros (``uniform``: exactly 1/B per slot), or zero weights and
+    ``router_init_bias`` on slot ``step + 1`` (``fresh_slot``).
     """
 
     def __init__(self, hidden: int, slots: int, step: int) -> None:
@@ -35,10 +36,13 @@ class Router(nn.Linear):
 
     def initial_values(self, config: MeshLMConfig) -> dict[str, torch.Tensor]:
         """Values the model's weight init gives this router's parameters."""
+        weight = torch.zeros(self.out_features, self.in_features)
         bias = torch.zeros(self.out_features)
-        if config.router_init == "fresh_slot":
+        if config.router_init == "normal":
+            weight.normal_(0.0, config.initializer_range)
+        elif config.router_init == "fresh_slot":
             bias[self.step + 1] = config.router_init_bias
-        return {"weight": torch.zeros(self.out_features, self.in_features), "bias": bias}
+        return {"weight": weight, "bias": bias}
 
     def weights(self, h: torch.Tensor) -> torch.Tensor:
         """Slot weights (batch, seq, B), a softmax over slots for every token, in ``h``'s dtype."""

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from meshlm.compare import Sweep, Variant, plan, run_sweep
+from meshlm.config import parse_layout
 from meshlm.data.shards import TokenBatchSampler
 from meshlm.errors import MeshLMError
 from meshlm.train import loop
@@ -150,3 +151,18 @@ def test_compare_cli_reads_sweep_yaml(tmp_path, sweep, capsys):
     assert "mesh-fresh" in out and "vanilla" in out
     cfg = json.loads((Path(tmp_path / "yaml/runs/mesh-fresh-seed1/model/config.json")).read_text())
     assert cfg["router_init"] == "fresh_slot"
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_sweep_configs_are_valid(path, tmp_path):
+    from meshlm.cli import build_parser
+    from meshlm.compare import sweep_from_args
+
+    args = build_parser().parse_args(["compare", "--config", str(path), "--data", "x", "--out", str(tmp_path)])
+    sweep = sweep_from_args(args)
+    assert len(sweep.variants) >= 3 and sweep.seeds
+    depths = set()
+    for variant in sweep.variants:
+        cfg = sweep.run_config(variant, sweep.seeds[0])
+        depths.add(parse_layout(cfg.layout).unrolled_layers)
+    assert len(depths) == 1  # matched compute

@@ -21,6 +21,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from meshlm.accounting import count
 from meshlm.config import canonical_scheme, parse_layout
 from meshlm.errors import MeshLMError
@@ -125,9 +127,12 @@ def _steps(cfg: TrainConfig) -> int:
     return cfg.max_tokens // cfg.batch_tokens
 
 
-def plan(sweep: Sweep) -> dict:
-    """Variants' parameters and FLOPs, the shared data order, and the epoch check; refuses unfair budgets."""
-    tokenizer, shards = _load_data(sweep)
+def plan(sweep: Sweep, data: tuple | None = None) -> dict:
+    """Variants' parameters and FLOPs, the shared data order, and the epoch check; refuses unfair budgets.
+
+    ``data`` is the ``(tokenizer, shards)`` pair of the sweep when the caller already has it.
+    """
+    tokenizer, shards = data or _load_data(sweep)
     cfg = sweep.train
     steps = _steps(cfg)
     windows = len(shards.split("train")) // (cfg.seq_len + 1)
@@ -176,7 +181,6 @@ def _finished(run_dir: Path, steps: int) -> bool:
 
 def _eval_tokens(source: str, tokenizer, cache_dir, limit: int, held_out: bool):
     import numpy as np
-    import torch
 
     from meshlm.data.shards import load_tokens
 
@@ -198,7 +202,7 @@ def evaluate_run(sweep: Sweep, run_dir: Path, eval_sets: dict) -> dict:
     if cached.exists():
         return json.loads(cached.read_text())
     model = AutoModelForCausalLM.from_pretrained(run_dir / "model")
-    device = sweep.train.device or ("cuda" if __import__("torch").cuda.is_available() else "cpu")
+    device = sweep.train.device or ("cuda" if torch.cuda.is_available() else "cpu")
     seq = sweep.train.seq_len
     result = {
         name: token_perplexity(model, tokens, context=seq, stride=seq, batch_size=16, device=device)
@@ -333,7 +337,7 @@ def plot_loss_curves(sweep: Sweep, path: Path) -> Path | None:
     return path
 
 
-def probe_variants(sweep: Sweep, planned: dict) -> list[Path]:
+def probe_variants(sweep: Sweep) -> list[Path]:
     """Diagnostics of each variant's first-seed model on held-out windows, figures side by side."""
     if sweep.probe_samples < 1:
         return []
@@ -359,7 +363,8 @@ def run_sweep(sweep: Sweep) -> dict:
     """Train, evaluate, probe and report every variant x seed; skips what is already done."""
     from meshlm.train.loop import train
 
-    planned = plan(sweep)
+    tokenizer, shards = _load_data(sweep)
+    planned = plan(sweep, (tokenizer, shards))
     sweep.out.mkdir(parents=True, exist_ok=True)
     _log("variant      layout      non-emb params   FLOPs/token   total FLOPs")
     for name, row in planned["variants"].items():
@@ -386,7 +391,6 @@ def run_sweep(sweep: Sweep) -> dict:
             f"{len(unfinished)} run(s) stopped before the end ({', '.join(unfinished)}); "
             "run the same command again to continue them"
         )
-    tokenizer, _ = _load_data(sweep)
     eval_sets = {
         "held-out": _eval_tokens(sweep.train.data, tokenizer, sweep.train.cache_dir, sweep.eval_tokens, held_out=True)
     }
@@ -396,7 +400,7 @@ def run_sweep(sweep: Sweep) -> dict:
         v.name: {s: evaluate_run(sweep, sweep.run_dir(v, s), eval_sets) for s in sweep.seeds} for v in sweep.variants
     }
     summary = summarize(sweep, planned, evals)
-    figures = probe_variants(sweep, planned)
+    figures = probe_variants(sweep)
     curves = plot_loss_curves(sweep, sweep.out / "loss_curves.png")
     summary["figures"] = [str(p.relative_to(sweep.out)) for p in [*figures, *([curves] if curves else [])]]
     (sweep.out / "report.json").write_text(json.dumps(summary, indent=2) + "\n")

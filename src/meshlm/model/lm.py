@@ -20,6 +20,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from meshlm.config import Layout, MeshLMConfig, parse_scheme
 from meshlm.errors import MeshLMError
 from meshlm.model.layers import Layer, Rotary
+from meshlm.model.loss import linear_cross_entropy
 from meshlm.model.mesh import MeshScheme
 from meshlm.model.schemes import AdditiveScheme, DynamicScheme, StateScheme, StaticScheme
 
@@ -243,8 +244,9 @@ class MeshLMForCausalLM(MeshLMPreTrainedModel, GenerationMixin):
 
         ``labels`` are the input ids themselves, shifted inside as in HF models. ``targets`` are
         already aligned with ``input_ids`` (token t+1 at position t, as the training loop feeds
-        them), so every position is scored. ``cache`` is the newer transformers name of
-        ``past_key_values``; either works.
+        them), so every position is scored; with ``targets`` the loss comes from the fused
+        head + cross-entropy (:mod:`meshlm.model.loss`) and ``logits`` is None. ``cache`` is the
+        newer transformers name of ``past_key_values``; either works.
         """
         past_key_values = cache if cache is not None else past_key_values
         use_cache = self.config.use_cache if use_cache is None else use_cache
@@ -253,12 +255,14 @@ class MeshLMForCausalLM(MeshLMPreTrainedModel, GenerationMixin):
         if not use_cache:
             past_key_values = None
         h = self.model(input_ids, attention_mask, position_ids, past_key_values)
+        if targets is not None and labels is None:
+            # training path: the loss without materialising (tokens x vocab) logits for backward
+            loss = linear_cross_entropy(h, self.lm_head.weight, targets)
+            return CausalLMOutputWithPast(loss=loss, logits=None, **{_CACHE_FIELD: past_key_values})
         if logits_to_keep:
             h = h[:, -logits_to_keep:]
         logits = self.lm_head(h)
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
-        elif targets is not None:
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
         return CausalLMOutputWithPast(loss=loss, logits=logits, **{_CACHE_FIELD: past_key_values})

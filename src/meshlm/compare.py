@@ -26,7 +26,7 @@ import torch
 from meshlm.accounting import count
 from meshlm.config import canonical_scheme, parse_layout
 from meshlm.errors import MeshLMError
-from meshlm.train.loop import TrainConfig, build_model_config
+from meshlm.train.loop import TrainConfig, build_model_config, load_run_data, max_steps_of
 
 # TrainConfig fields a sweep sets per run; everything else is shared by all runs
 PER_RUN_FIELDS = ("out", "seed", "layout", "scheme", "resume")
@@ -107,34 +107,14 @@ def _log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def _load_data(sweep: Sweep):
-    from meshlm.data.shards import load_tokens
-    from meshlm.data.sources import is_shard_dir
-    from meshlm.data.tokenizers import load_tokenizer
-
-    cfg = sweep.train
-    if cfg.tokenizer is None and not is_shard_dir(cfg.data):
-        raise MeshLMError("give --tokenizer (neox, bpe:N, a tokenizer.json or an HF name) for a raw text source")
-    tokenizer = load_tokenizer(cfg.tokenizer or cfg.data, corpus=cfg.data, cache_dir=cfg.cache_dir)
-    return tokenizer, load_tokens(cfg.data, tokenizer, cache_dir=cfg.cache_dir)
-
-
-def _steps(cfg: TrainConfig) -> int:
-    if cfg.max_steps:
-        return cfg.max_steps
-    if not cfg.max_tokens:
-        raise MeshLMError("give --max-tokens (or --max-steps) for the comparison budget")
-    return cfg.max_tokens // cfg.batch_tokens
-
-
 def plan(sweep: Sweep, data: tuple | None = None) -> dict:
     """Variants' parameters and FLOPs, the shared data order, and the epoch check; refuses unfair budgets.
 
     ``data`` is the ``(tokenizer, shards)`` pair of the sweep when the caller already has it.
     """
-    tokenizer, shards = data or _load_data(sweep)
+    tokenizer, shards = data or load_run_data(sweep.train)
     cfg = sweep.train
-    steps = _steps(cfg)
+    steps = max_steps_of(cfg)
     windows = len(shards.split("train")) // (cfg.seq_len + 1)
     global_seqs = cfg.batch_tokens // cfg.seq_len
     steps_per_epoch = windows // max(1, global_seqs)
@@ -363,7 +343,7 @@ def run_sweep(sweep: Sweep) -> dict:
     """Train, evaluate, probe and report every variant x seed; skips what is already done."""
     from meshlm.train.loop import train
 
-    tokenizer, shards = _load_data(sweep)
+    tokenizer, shards = load_run_data(sweep.train)
     planned = plan(sweep, (tokenizer, shards))
     sweep.out.mkdir(parents=True, exist_ok=True)
     _log("variant      layout      non-emb params   FLOPs/token   total FLOPs")

@@ -166,7 +166,8 @@ def _batch_shape(cfg: TrainConfig, world: int) -> tuple[int, int, int]:
     return global_seqs, micro, per_rank // micro
 
 
-def _max_steps(cfg: TrainConfig) -> int:
+def max_steps_of(cfg: TrainConfig) -> int:
+    """Optimizer steps of a run: ``max_steps``, else ``max_tokens`` // global batch tokens."""
     if cfg.max_steps:
         return cfg.max_steps
     if cfg.max_tokens:
@@ -214,11 +215,23 @@ def evaluate(model, batches: list[tuple[torch.Tensor, torch.Tensor]], dist: Dist
     return (total[0] / total[1]).item()
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Run (or resume) training as configured; returns the final summary (also in ``out/summary.json``)."""
-    from meshlm.data.shards import TokenBatchSampler, eval_batches, load_tokens
+def load_run_data(cfg: TrainConfig):
+    """The run's ``(tokenizer, token shards)``: a raw source is tokenized once and cached."""
+    from meshlm.data.shards import load_tokens
     from meshlm.data.sources import is_shard_dir
     from meshlm.data.tokenizers import load_tokenizer
+
+    if not cfg.data:
+        raise MeshLMError("give --data SOURCE")
+    if cfg.tokenizer is None and not is_shard_dir(cfg.data):
+        raise MeshLMError("give --tokenizer (neox, bpe:N, a tokenizer.json or an HF name) for a raw text source")
+    tokenizer = load_tokenizer(cfg.tokenizer or cfg.data, corpus=cfg.data, cache_dir=cfg.cache_dir)
+    return tokenizer, load_tokens(cfg.data, tokenizer, cache_dir=cfg.cache_dir)
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Run (or resume) training as configured; returns the final summary (also in ``out/summary.json``)."""
+    from meshlm.data.shards import TokenBatchSampler, eval_batches
 
     if not cfg.data or not cfg.out:
         raise MeshLMError("give --data SOURCE and --out DIR")
@@ -227,13 +240,10 @@ def train(cfg: TrainConfig) -> dict:
     device = _resolve_device(cfg.device) if dist.world == 1 else dist.device
     torch.manual_seed(cfg.seed)
 
-    if cfg.tokenizer is None and not is_shard_dir(cfg.data):
-        raise MeshLMError("give --tokenizer (neox, bpe:N, a tokenizer.json or an HF name) for a raw text source")
-    tokenizer = load_tokenizer(cfg.tokenizer or cfg.data, corpus=cfg.data, cache_dir=cfg.cache_dir)
-    shards = load_tokens(cfg.data, tokenizer, cache_dir=cfg.cache_dir)
+    tokenizer, shards = load_run_data(cfg)
     model_cfg = build_model_config(cfg, tokenizer.vocab_size)
     global_seqs, micro, accum = _batch_shape(cfg, dist.world)
-    max_steps = _max_steps(cfg)
+    max_steps = max_steps_of(cfg)
     sampler = TokenBatchSampler(
         shards.split("train"), cfg.seq_len, global_seqs, dist.world, dist.rank, cfg.seed, micro_batch=micro
     )

@@ -42,6 +42,33 @@ def randomize_scheme(model: MeshLMForCausalLM, seed: int = 1) -> None:
             param.copy_(torch.randn(param.shape, generator=gen) * 0.5 + param)
 
 
+def tiny_run(data, out, cache, **overrides) -> dict:
+    """Options (TrainConfig field names) of a CPU training run that takes seconds."""
+    options = dict(
+        data=str(data),
+        out=str(out),
+        tokenizer="bpe:300",
+        hidden_size=32,
+        num_attention_heads=4,
+        layout="1+1R2+1",
+        scheme="mesh",
+        seq_len=32,
+        batch_tokens=256,
+        micro_batch=4,
+        max_steps=8,
+        lr=3e-3,
+        log_every=1,
+        eval_every=4,
+        eval_batches=2,
+        progress=False,
+        tensorboard=False,
+        cache_dir=str(cache),
+        device="cpu",
+    )
+    options.update(overrides)
+    return options
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import tiny_run
 from meshlm.compare import Sweep, Variant, plan, run_sweep
 from meshlm.config import parse_layout
 from meshlm.data.shards import TokenBatchSampler
@@ -24,23 +25,9 @@ def sweep(tmp_path) -> Sweep:
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"text": doc}) + "\n" for doc in DOCS))
     train = TrainConfig(
-        data=str(corpus),
-        out=str(tmp_path / "cmp"),
-        tokenizer="bpe:300",
-        hidden_size=32,
-        num_attention_heads=4,
-        layout="1+1R2+1",
-        seq_len=32,
-        batch_tokens=256,
-        max_steps=6,
-        lr=3e-3,
-        log_every=1,
-        eval_every=3,
-        eval_batches=2,
-        progress=False,
-        tensorboard=False,
-        cache_dir=str(tmp_path / "cache"),
-        device="cpu",
+        **tiny_run(
+            corpus, tmp_path / "cmp", tmp_path / "cache", scheme=None, micro_batch=None, max_steps=6, eval_every=3
+        )
     )
     return Sweep(
         train=train,

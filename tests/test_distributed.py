@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import tiny_run
 from meshlm.train.loop import TrainConfig, train
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -22,27 +23,7 @@ def corpus(tmp_path_factory):
 
 
 def options(corpus, out, cache) -> dict:
-    return dict(
-        data=corpus,
-        out=str(out),
-        tokenizer="bpe:300",
-        hidden_size=32,
-        num_attention_heads=4,
-        layout="1+1R2+1",
-        scheme="mesh",
-        seq_len=32,
-        batch_tokens=512,
-        micro_batch=4,
-        max_steps=6,
-        log_every=1,
-        eval_every=3,
-        eval_batches=2,
-        progress=False,
-        tensorboard=False,
-        cache_dir=str(cache),
-        device="cpu",
-        lr=3e-3,
-    )
+    return tiny_run(corpus, out, cache, batch_tokens=512, max_steps=6, eval_every=3)
 
 
 def torchrun(opts: dict, *flags: str) -> None:

@@ -10,6 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import meshlm
+from conftest import tiny_run
 from meshlm.cli import main
 from meshlm.errors import MeshLMError
 from meshlm.train import checkpoint as ckpt
@@ -34,28 +35,7 @@ def corpus(tmp_path_factory):
 
 
 def tiny(corpus, out, **kw) -> TrainConfig:
-    base = dict(
-        data=corpus,
-        out=str(out),
-        tokenizer="bpe:300",
-        hidden_size=32,
-        num_attention_heads=4,
-        layout="1+1R2+1",
-        scheme="mesh",
-        seq_len=32,
-        batch_tokens=256,
-        micro_batch=4,
-        max_steps=8,
-        lr=3e-3,
-        log_every=1,
-        eval_every=4,
-        eval_batches=2,
-        progress=False,
-        tensorboard=False,
-        cache_dir=str(out.parent / "cache"),
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+    return TrainConfig(**tiny_run(corpus, out, out.parent / "cache", **kw))
 
 
 def losses(out):

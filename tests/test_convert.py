@@ -37,7 +37,8 @@ def test_vanilla_logits_equal_gpt_neox(parallel):
     torch.testing.assert_close(back(ids).logits, hf(ids).logits, atol=1e-5, rtol=1e-5)
 
 
-def test_cached_generation_matches_gpt_neox():
+@pytest.mark.parametrize("cache", [None, "static"])
+def test_cached_generation_matches_gpt_neox(cache):
     hf = random_neox()
     ours = from_gpt_neox(hf).eval()
     ids = torch.randint(1, 120, (2, 5))
@@ -47,6 +48,7 @@ def test_cached_generation_matches_gpt_neox():
         do_sample=False,
         pad_token_id=0,
         eos_token_id=None,
+        cache_implementation=cache,
     )
     assert torch.equal(ours.generate(ids, **kwargs), hf.generate(ids, **kwargs))
 

@@ -2,7 +2,15 @@
 
 The unique layers live in one list; the layout's schedule says which of them run at each
 unrolled position (a shared core appears once per loop). Every *unrolled* layer has its own
-KV-cache slot, so generation with a looped core caches each iteration separately.
+KV-cache slot, so generation with a looped core caches each iteration separately
+(``config.num_hidden_layers`` is the unrolled depth, which is what transformers' caches read).
+
+Both cache kinds work: the default ``DynamicCache`` (keys grow by the new tokens) and
+``StaticCache`` (``generate(..., cache_implementation="static")`` or one passed in), whose keys are
+fixed ``max_cache_len`` buffers filled from position 0. The attention mask is built over the key
+length the cache returns, and its causal part hides a static cache's unwritten slots; the past
+length comes from the cache (a tensor for a static one), so the single-token decode step has fixed
+shapes and compiles as one graph (``generate`` compiles it with CUDA graphs on GPU).
 """
 
 from __future__ import annotations
@@ -54,6 +62,8 @@ class MeshLMPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     _no_split_modules = ["Layer"]
     _supports_sdpa = True
+    # the decode step traces as one graph over a StaticCache (fixed-shape masks, no data-dependent branches)
+    _can_compile_fullgraph = True
     supports_gradient_checkpointing = False
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
@@ -95,23 +105,56 @@ class MeshLMPreTrainedModel(PreTrainedModel):
             init.zeros_(module.bias)
 
 
-def _position_ids(attention_mask, past_len: int, q_len: int, batch: int, device) -> torch.Tensor:
-    if attention_mask is not None:
-        pos = attention_mask.long().cumsum(-1) - 1
-        return pos.clamp_min(0)[:, -q_len:]
-    return torch.arange(past_len, past_len + q_len, device=device).unsqueeze(0).expand(batch, -1)
+def _cache_extent(cache: Cache | None, q_len: int) -> tuple[int | torch.Tensor, int]:
+    """(tokens already cached, key length the attention sees) for a forward of ``q_len`` new tokens.
+
+    A dynamic cache returns past + new keys; a static cache (``StaticCache``) always returns its
+    ``max_cache_len`` buffers and counts what it holds in a 0-d tensor, so the past length stays a
+    tensor here and a compiled decode step has no data-dependent Python branch.
+    """
+    if cache is None:
+        return 0, q_len
+    return cache.get_seq_length(), cache.get_mask_sizes(q_len, 0)[0]
 
 
-def _attention_mask(attention_mask, past_len: int, q_len: int, device) -> torch.Tensor | None:
-    """Boolean (batch|1, 1, q, kv) mask: causal, padding keys hidden; None means plain causal."""
-    if attention_mask is None and past_len == 0:
+def _padding_mask(attention_mask: torch.Tensor, kv_len: int) -> torch.Tensor:
+    """The 2D padding mask (1 = real token) over key positions 0..kv_len-1; positions past its end count as empty."""
+    if attention_mask.ndim != 2 or attention_mask.shape[-1] > kv_len:
+        raise MeshLMError(
+            f"attention_mask must be 2D (batch, keys) with at most {kv_len} key positions (cached + new tokens, "
+            f"or a static cache's max_cache_len); got shape {tuple(attention_mask.shape)}"
+        )
+    if attention_mask.shape[-1] == kv_len:
+        return attention_mask
+    return F.pad(attention_mask, (0, kv_len - attention_mask.shape[-1]))
+
+
+def _position_ids(
+    attention_mask: torch.Tensor | None, past_len: int | torch.Tensor, q_len: int, batch: int, device
+) -> torch.Tensor:
+    """Positions of the new tokens: their index among each row's real tokens (left padding skipped)."""
+    new = past_len + torch.arange(q_len, device=device)
+    if attention_mask is None:
+        return new.unsqueeze(0).expand(batch, -1)
+    pos = attention_mask.long().cumsum(-1) - 1
+    return pos.clamp_min(0)[:, new]
+
+
+def _attention_mask(
+    attention_mask: torch.Tensor | None, past_len: int | torch.Tensor, q_len: int, kv_len: int, device
+) -> torch.Tensor | None:
+    """Boolean (batch|1, 1, q, kv) mask: causal, padding keys hidden; None means plain causal.
+
+    Key slots after the query (a static cache's unwritten tail included) are hidden by the causal
+    part, so the same mask serves dynamic and static caches.
+    """
+    if attention_mask is None and kv_len == q_len:
         return None
-    kv_len = past_len + q_len
-    q_pos = torch.arange(past_len, kv_len, device=device)[:, None]
+    q_pos = (past_len + torch.arange(q_len, device=device))[:, None]
     k_pos = torch.arange(kv_len, device=device)[None, :]
     mask = (k_pos <= q_pos)[None, None]
     if attention_mask is not None:
-        keys = attention_mask[:, None, None, -kv_len:].bool()
+        keys = attention_mask[:, None, None, :].bool()
         # a query always sees itself, so left-padding rows never become all -inf (NaN)
         mask = (mask & keys) | (k_pos == q_pos)[None, None]
     return mask
@@ -156,16 +199,18 @@ class MeshLMModel(MeshLMPreTrainedModel):
         so outputs are unchanged) to expose block boundaries for probing.
         """
         batch, q_len = input_ids.shape
-        past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
-        if past_len + q_len > self.config.max_position_embeddings:
+        past_len, kv_len = _cache_extent(past_key_values, q_len)
+        if kv_len > self.config.max_position_embeddings:
             raise MeshLMError(
-                f"sequence of {past_len + q_len} tokens exceeds max_position_embeddings "
-                f"{self.config.max_position_embeddings}"
+                f"{kv_len} key positions (cached + new tokens, or a static cache's max_cache_len) exceed "
+                f"max_position_embeddings {self.config.max_position_embeddings}"
             )
+        if attention_mask is not None:
+            attention_mask = _padding_mask(attention_mask, kv_len)
         if position_ids is None:
             position_ids = _position_ids(attention_mask, past_len, q_len, batch, input_ids.device)
         rope = self.rotary(position_ids)
-        mask = _attention_mask(attention_mask, past_len, q_len, input_ids.device)
+        mask = _attention_mask(attention_mask, past_len, q_len, kv_len, input_ids.device)
         if split == self.config.parsed_layout:
             split = None  # viewing a model as its own layout changes nothing
         if split is not None:
@@ -226,6 +271,27 @@ class MeshLMForCausalLM(MeshLMPreTrainedModel, GenerationMixin):
             return DynamicCache(config=self.config)
         except TypeError:  # pragma: no cover - transformers without config-aware caches
             return DynamicCache()
+
+    def create_masks_for_generate(
+        self,
+        config: MeshLMConfig,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        cache: Cache | None = None,
+        past_key_values: Cache | None = None,
+        **kwargs,
+    ) -> torch.Tensor | None:
+        """The 2D padding mask right-padded to the static cache's length, for ``generate`` to pass to ``forward``.
+
+        ``generate`` calls this for compilable (static) caches instead of transformers' own 4D mask
+        builder; the model builds its 4D mask itself, and a (batch, max_cache_len) mask keeps the
+        compiled decode step's input shapes fixed. ``cache`` is transformers 5.2x's name of
+        ``past_key_values``.
+        """
+        cache = cache if cache is not None else past_key_values
+        if attention_mask is None or cache is None:
+            return attention_mask
+        return _padding_mask(attention_mask, cache.get_mask_sizes(inputs_embeds.shape[1], 0)[0])
 
     def forward(
         self,

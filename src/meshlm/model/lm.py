@@ -244,7 +244,11 @@ class MeshLMModel(MeshLMPreTrainedModel):
 
 
 class MeshLMForCausalLM(MeshLMPreTrainedModel, GenerationMixin):
-    """Causal LM with an untied output head; the HF public API (``generate``, ``from_pretrained``)."""
+    """Causal LM with an untied output head; the HF public API (``generate``, ``from_pretrained``).
+
+    ``generate`` runs with the dynamic cache (default) or a static one (``cache_implementation="static"``),
+    with identical greedy tokens; with a static cache on GPU it compiles the decode step (CUDA graphs).
+    """
 
     _tied_weights_keys: dict[str, str] = {}
 

@@ -11,6 +11,16 @@ softmax over slots, applied per token to the state entering the step:
 Step 0 is the transitional cycle: it writes the prelude output and reads h(0). Step t+1 runs
 after core iteration t: it writes h_m(t) = f_core(h(t)) and reads h(t+1); its routers see h(t).
 So K loops use K + 1 write and K + 1 read routers.
+
+The buffer is never materialised. Every slot is a weighted sum of h_emb and the states written
+so far, m_b = [b = 0] h_emb + sum_{j <= s} w_write_b(j) x(j), so the read is
+
+    h = w_read_0(s) h_emb + sum_{j <= s} <w_read(s), w_write(j)> x(j)
+
+with per-token scalar coefficients. The values are the same; what changes is the cost: a
+materialised buffer makes autograd keep every step's (batch, seq, B, D) buffer for the read's
+backward (K + 1 buffers, fp32 under autocast), while this form keeps only the x(j), each 1/B of
+a buffer, and moves fewer bytes per step (bench/saved_memory.py measures it).
 """
 
 from __future__ import annotations
@@ -67,25 +77,25 @@ class MeshScheme(StateScheme):
         weights = torch.softmax(logits.float().unflatten(-1, (2, self.slots)), dim=-1).to(h.dtype)
         return weights[..., 0, :], weights[..., 1, :]
 
-    def _cycle(self, step, buffer, router_input, x, record):
-        """One write-read cycle; returns (new state, new buffer). Buffer: (batch, seq, B, D).
+    def _cycle(self, step, carry, router_input, x, record):
+        """One write-read cycle; returns (new state, new carry).
 
-        Written as broadcast multiply and sum (not a batched 1 x B matmul) so that
-        ``torch.compile`` fuses the write and the read into one pass over the buffer.
+        ``carry`` is (h_emb, ((w_write(j), x(j)) for the steps j so far)): what the buffer holds.
         """
+        h_emb, writes = carry
         w, r = self._route(step, router_input)
-        buffer = buffer + w.unsqueeze(-1) * x.unsqueeze(-2)
-        h = (r.unsqueeze(-1) * buffer).sum(-2)
+        writes = (*writes, (w, x))
+        h = r[..., :1] * h_emb
+        for w_j, x_j in writes:
+            h = h + (r * w_j).sum(-1, keepdim=True) * x_j
         if record is not None:
             record.setdefault("write", []).append(w.detach())
             record.setdefault("read", []).append(r.detach())
-        return h, buffer
+        return h, (h_emb, writes)
 
     def begin(self, h_emb, h_pre, record=None):
-        empty = h_emb.new_zeros(*h_emb.shape[:-1], self.slots - 1, h_emb.shape[-1])
-        buffer = torch.cat((h_emb.unsqueeze(-2), empty), dim=-2)
         router_input = h_pre if self.transition_from_prelude else h_emb
-        return self._cycle(0, buffer, router_input, h_pre, record)
+        return self._cycle(0, (h_emb, ()), router_input, h_pre, record)
 
     def step(self, t, h, h_core, carry, record=None):
         return self._cycle(t + 1, carry, h, h_core, record)

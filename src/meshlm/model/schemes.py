@@ -5,7 +5,7 @@ Every scheme answers two calls and the loop never asks which scheme it runs:
     h(0), carry     = scheme.begin(h_emb, f_pre(h_emb))
     h(t+1), carry   = scheme.step(t, h(t), f_core_t(h(t)), carry)
 
-``carry`` is whatever the scheme needs across steps (the anchors, the MeSH buffer). An optional
+``carry`` is whatever the scheme needs across steps (the anchors, what the MeSH buffer holds). An optional
 ``record`` dict receives per-step internals (router weights) for the probes.
 """
 

@@ -25,6 +25,7 @@ import torch
 
 from meshlm.accounting import count
 from meshlm.config import canonical_scheme, parse_layout
+from meshlm.data.shards import TokenBatchSampler, load_tokens
 from meshlm.errors import MeshLMError
 from meshlm.train.loop import TrainConfig, build_model_config, load_run_data, max_steps_of
 
@@ -115,10 +116,10 @@ def plan(sweep: Sweep, data: tuple | None = None) -> dict:
     tokenizer, shards = data or load_run_data(sweep.train)
     cfg = sweep.train
     steps = max_steps_of(cfg)
-    windows = len(shards.split("train")) // (cfg.seq_len + 1)
     global_seqs = cfg.batch_tokens // cfg.seq_len
-    steps_per_epoch = windows // max(1, global_seqs)
-    epochs = steps / max(1, steps_per_epoch)
+    sampler = TokenBatchSampler(shards.split("train"), cfg.seq_len, global_seqs)  # the runs' own epoch arithmetic
+    windows = sampler.num_windows
+    epochs = steps / sampler.steps_per_epoch
     if epochs > 1 and not sweep.allow_repeat:
         raise MeshLMError(
             f"the budget of {steps} steps x {cfg.batch_tokens} tokens is {epochs:.2f} epochs of the "
@@ -159,16 +160,15 @@ def _finished(run_dir: Path, steps: int) -> bool:
     return state.exists() and json.loads(state.read_text()).get("steps") == steps
 
 
-def _eval_tokens(source: str, tokenizer, cache_dir, limit: int, held_out: bool):
+def _eval_tokens(shards, limit: int, held_out: bool) -> torch.Tensor:
+    """The first ``limit`` tokens of ``shards``: its validation split, or all of it for an extra eval set."""
     import numpy as np
 
-    from meshlm.data.shards import load_tokens
-
-    shards = load_tokens(source, tokenizer, cache_dir=cache_dir)
     parts = [shards.split("val")] if held_out else [shards.split(s) for s in shards.splits]
     tokens = np.concatenate([np.asarray(p) for p in parts])[:limit]
     if len(tokens) < 2:
-        raise MeshLMError(f"eval set {source!r} has no held-out tokens")
+        where = "in its val split" if held_out else "at all"
+        raise MeshLMError(f"eval set {shards.path} has no tokens to evaluate {where}")
     return torch.from_numpy(tokens.astype(np.int64))
 
 
@@ -371,11 +371,10 @@ def run_sweep(sweep: Sweep) -> dict:
             f"{len(unfinished)} run(s) stopped before the end ({', '.join(unfinished)}); "
             "run the same command again to continue them"
         )
-    eval_sets = {
-        "held-out": _eval_tokens(sweep.train.data, tokenizer, sweep.train.cache_dir, sweep.eval_tokens, held_out=True)
-    }
+    eval_sets = {"held-out": _eval_tokens(shards, sweep.eval_tokens, held_out=True)}
     for name, source in sweep.evals.items():
-        eval_sets[name] = _eval_tokens(source, tokenizer, sweep.train.cache_dir, sweep.eval_tokens, held_out=False)
+        extra = load_tokens(source, tokenizer, cache_dir=sweep.train.cache_dir)
+        eval_sets[name] = _eval_tokens(extra, sweep.eval_tokens, held_out=False)
     evals = {
         v.name: {s: evaluate_run(sweep, sweep.run_dir(v, s), eval_sets) for s in sweep.seeds} for v in sweep.variants
     }

@@ -49,16 +49,13 @@ def _step_fn(model, loss_kind: str):
     return step
 
 
-def _profile(step, batch, model, opt, path: str) -> None:
-    """Write the top CUDA kernels of three profiled full steps to ``path``."""
+def _profile(full_step, path: str) -> None:
+    """Write the top CUDA kernels of three profiled calls of ``full_step`` to ``path``."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(3):
-            step(batch[:, :-1], batch[:, 1:])
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            full_step()
         torch.cuda.synchronize()
     with open(path, "w") as f:
         f.write(prof.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=90))
@@ -84,6 +81,12 @@ def bench_one(model, flops_per_token: int, args, peak: float, loss_kind: str, pr
         torch.randint(0, vocab, (args.micro_batch, args.seq_len + 1), device=device, generator=gen) for _ in range(4)
     ]
     step = _step_fn(model, loss_kind)
+
+    def update() -> None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
     torch.cuda.reset_peak_memory_stats(device)
     times = []
     for i in range(args.warmup + args.steps):
@@ -100,16 +103,15 @@ def bench_one(model, flops_per_token: int, args, peak: float, loss_kind: str, pr
                 step(w[:, :-1], w[:, 1:])
             else:
                 raise
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        update()
         end.record()
         if i >= args.warmup:
             times.append((start, end))
     torch.cuda.synchronize(device)
     peak_mem = torch.cuda.max_memory_allocated(device)
     if profile_path:
-        _profile(step, batches[0], model, opt, profile_path)
+        w = batches[0]
+        _profile(lambda: (step(w[:, :-1], w[:, 1:]), update()), profile_path)
     ms = statistics.median(s.elapsed_time(e) for s, e in times)
     tokens = args.micro_batch * args.seq_len
     tok_s = tokens / (ms / 1000)
@@ -136,12 +138,15 @@ def main() -> None:
     parser.add_argument("--profile", metavar="DIR", help="write a kernel profile per model into DIR")
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args()
+    losses = args.loss.split(",")
+    if unknown := set(losses) - {"fused", "plain"}:
+        parser.error(f"unknown --loss {', '.join(sorted(unknown))}; choose from fused, plain")
     torch.backends.cuda.matmul.allow_tf32 = True
     device = torch.device("cuda")
     peak = measure_bf16_peak(device)
     rows = []
     variants = [tuple(v.split(":")) for v in args.variants.split(",")]
-    runs = [(layout, scheme, kind) for layout, scheme in variants for kind in args.loss.split(",")]
+    runs = [(layout, scheme, kind) for layout, scheme in variants for kind in losses]
     if args.hf:
         runs.append(("hf", "gpt-neox", "hf"))
     if args.profile:

@@ -68,13 +68,14 @@ def test_variant_parsing():
 
 
 def test_sweep_same_data_order_full_report_and_resume(sweep, monkeypatch):
-    seen: dict[int, list[str]] = {}
+    seen: dict[int, tuple[TokenBatchSampler, list[str]]] = {}
     original = TokenBatchSampler.batches_for_step
 
     def spy(self, step):
         batches = original(self, step)
         digest = hashlib.sha256(b"".join(x.numpy().tobytes() + y.numpy().tobytes() for x, y in batches)).hexdigest()
-        seen.setdefault(id(self), []).append(digest)
+        # holding the sampler keeps its id from being reused by a later run's sampler
+        seen.setdefault(id(self), (self, []))[1].append(digest)
         return batches
 
     monkeypatch.setattr(TokenBatchSampler, "batches_for_step", spy)
@@ -88,7 +89,7 @@ def test_sweep_same_data_order_full_report_and_resume(sweep, monkeypatch):
     sweep.train.stop_after = None
     summary = run_sweep(sweep)
 
-    streams = list(seen.values())
+    streams = [digests for _, digests in seen.values()]
     assert len(streams) == 2 * len(VARIANTS)  # one sampler per run and pass
     first_pass, second_pass = streams[: len(VARIANTS)], streams[len(VARIANTS) :]
     assert all(s == first_pass[0] for s in first_pass)

@@ -27,9 +27,9 @@ class Rotary(nn.Module):
         return {"inv_freq": 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / max(dim, 1)))}
 
     def forward(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos/sin of shape (batch, 1, seq, rotary_dim) in float32."""
+        """cos/sin of shape (batch, seq, 1, rotary_dim) in float32, to broadcast over heads."""
         freqs = position_ids[:, :, None].float() * self.inv_freq[None, None, :]
-        emb = torch.cat((freqs, freqs), dim=-1)[:, None]
+        emb = torch.cat((freqs, freqs), dim=-1)[:, :, None]
         return emb.cos(), emb.sin()
 
 
@@ -39,7 +39,7 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate the first ``cos.shape[-1]`` dims of ``x`` (batch, heads, seq, head_dim); pass the rest."""
+    """Rotate the first ``cos.shape[-1]`` dims of ``x`` (batch, seq, heads, head_dim); pass the rest."""
     rot = cos.shape[-1]
     if rot == 0:
         return x
@@ -49,7 +49,12 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 class Attention(nn.Module):
-    """Causal multi-head attention with a fused QKV projection and partial rotary embedding."""
+    """Causal multi-head attention with a fused QKV projection and partial rotary embedding.
+
+    q, k and v stay in the (batch, seq, heads, head_dim) layout the projections produce and are
+    handed to SDPA as transposed views: the attention kernel then writes its output in that same
+    layout, so neither the output nor its gradient needs a transpose copy.
+    """
 
     def __init__(self, config: MeshLMConfig) -> None:
         super().__init__()
@@ -68,10 +73,13 @@ class Attention(nn.Module):
         cache_index: int = 0,
     ) -> torch.Tensor:
         b, n, d = x.shape
-        qkv = self.qkv(x).view(b, n, self.num_heads, 3 * self.head_dim).transpose(1, 2)
-        q, k, v = qkv.chunk(3, dim=-1)
+        q, k, v = self.qkv(x).view(b, n, self.num_heads, 3 * self.head_dim).split(self.head_dim, dim=-1)
         cos, sin = rope
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k, v = (
+            apply_rotary(q, cos, sin).transpose(1, 2),
+            apply_rotary(k, cos, sin).transpose(1, 2),
+            v.transpose(1, 2),
+        )
         if cache is not None:
             k, v = cache.update(k, v, cache_index)
         if mask is None:

@@ -3,10 +3,10 @@
 q, k and v are cut from one fused (batch, seq, heads, 3 x head_dim) projection, as in
 ``meshlm.model.layers.Attention``, and handed to ``F.scaled_dot_product_attention`` either as
 contiguous (batch, heads, seq, head_dim) copies or as transposed views of the projection's
-(batch, seq, heads, head_dim) layout. For each it prints the output's strides, the time of a
-causal forward + backward including the reshape back to (batch, seq, hidden), and the top CUDA
-kernels (on GPU). The output layout decides whether ``out.transpose(1, 2).reshape(...)`` and
-its gradient need a copy.
+(batch, seq, heads, head_dim) layout. For each it prints the output's strides, the wall time of
+a causal forward + backward including the reshape back to (batch, seq, hidden), and on GPU the
+summed CUDA kernel time of one such pass and its top kernels. The output layout decides
+whether ``out.transpose(1, 2).reshape(...)`` and its gradient need a copy.
 
     PYTHONPATH=src python bench/attention_layout.py --batch 8 --seq-len 2048 --heads 16 --head-dim 64
 """
@@ -57,11 +57,13 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
         ms = (time.perf_counter() - start) / args.iters * 1e3
-        print(f"{name}: output strides {out.stride()}; forward + backward {ms:.3f} ms")
+        print(f"{name}: output strides {out.stride()}; forward + backward {ms:.3f} ms wall")
         if device.type == "cuda":
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
                 run()
                 torch.cuda.synchronize()
+            kernels_ms = sum(e.self_device_time_total for e in prof.key_averages()) / 1e3
+            print(f"{name}: {kernels_ms:.3f} ms of CUDA kernels per forward + backward (wall time can be host-bound)")
             print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=8, max_name_column_width=70))
 
 

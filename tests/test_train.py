@@ -106,14 +106,14 @@ def test_crash_mid_save_keeps_previous_checkpoint(corpus, tmp_path, monkeypatch)
     train(tiny(corpus, out, max_steps=4, save_every=2))
     before = ckpt.list_checkpoints(out / "checkpoints")
     assert [p.name for p in before] == ["step-00000002", "step-00000004"]
-    real_save = torch.save
+    real_save = ckpt.save_state
 
-    def crash(obj, path, *a, **k):
-        if str(path).endswith("optimizer.pt"):
+    def crash(obj, path):
+        if path.name == ckpt.OPTIMIZER_FILE:
             raise OSError("disk full (simulated)")
-        return real_save(obj, path, *a, **k)
+        return real_save(obj, path)
 
-    monkeypatch.setattr(ckpt.torch, "save", crash)
+    monkeypatch.setattr(ckpt, "save_state", crash)
     with pytest.raises(OSError, match="simulated"):
         train(tiny(corpus, out, max_steps=6, save_every=2, resume=True))
     after = ckpt.list_checkpoints(out / "checkpoints")

@@ -96,9 +96,13 @@ def test_unpack_of_a_whole_pack_folder_and_through_the_cli(shard_dir, pack_dir, 
     assert main(["data", "unpack", str(pack_dir), "--out", str(tmp_path / "out")]) == 0
     assert "complete" in capsys.readouterr().out
     assert folder_bytes(tmp_path / "out") == folder_bytes(shard_dir)
-    assert main(["data", "pack", str(shard_dir), "--out", str(tmp_path / "p2"), "--chunk-mb", "1"]) == 0
-    assert "1 chunk(s)" in capsys.readouterr().out
-    assert folder_bytes(tmp_path / "p2") != {} and len(chunks_of(tmp_path / "p2")) == 1
+    assert (
+        main(["data", "pack", str(shard_dir), "--out", str(tmp_path / "p2"), "--chunk-mb", "1", "--preset", "1"]) == 0
+    )
+    assert "1 chunk(s)" in capsys.readouterr().out and len(chunks_of(tmp_path / "p2")) == 1
+    assert json.loads((tmp_path / "p2" / PACK_MANIFEST).read_text())["compression"] == "xz, LZMA2 preset 1, CRC64"
+    assert unpack_chunks([tmp_path / "p2"], tmp_path / "out2").complete
+    assert folder_bytes(tmp_path / "out2") == folder_bytes(shard_dir)
 
 
 def test_a_damaged_or_foreign_chunk_is_refused(shard_dir, pack_dir, tmp_path, capsys):
@@ -186,6 +190,8 @@ def test_pack_bad_inputs(shard_dir, pack_dir, tmp_path):
         pack_shards(shard_dir, pack_dir)
     with pytest.raises(MeshLMError, match="--chunk-mb must be at least"):
         pack_shards(shard_dir, tmp_path / "p", chunk_mb=0.001)
+    with pytest.raises(MeshLMError, match=r"--preset must be an xz preset 0\.\.9, got 10"):
+        pack_shards(shard_dir, tmp_path / "p", preset=10)
     with pytest.raises(MeshLMError, match="not a shard folder"):
         pack_shards(tmp_path, tmp_path / "p")
     corrupt = tmp_path / "corrupt"

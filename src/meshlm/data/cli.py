@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from meshlm.data.pack import PACK_MANIFEST, Pack, pack_shards, unpack_chunks
+from meshlm.data.pack import DEFAULT_PRESET, PACK_MANIFEST, Pack, pack_shards, unpack_chunks
 from meshlm.data.shards import DEFAULT_SHARD_TOKENS, TokenShards, prepare_shards
 from meshlm.data.tokenizers import load_tokenizer
 
@@ -47,7 +47,7 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _pack(args: argparse.Namespace) -> int:
-    out = pack_shards(args.dir, args.out, chunk_mb=args.chunk_mb)
+    out = pack_shards(args.dir, args.out, chunk_mb=args.chunk_mb, preset=args.preset)
     pack = Pack.load(out / PACK_MANIFEST)
     size = sum(c["bytes"] for c in pack.chunks.values())
     print(
@@ -115,6 +115,9 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
     pack.add_argument("dir", help="shard folder")
     pack.add_argument("--out", required=True, metavar="DIR", help="pack folder to create (must not hold anything)")
     pack.add_argument("--chunk-mb", type=float, default=48, metavar="MB", help="largest chunk, in MiB (default 48)")
+    pack.add_argument(
+        "--preset", type=int, default=DEFAULT_PRESET, metavar="N", help="xz preset 0-9 (default 6; 0-1: faster, larger)"
+    )
     pack.set_defaults(func=_pack)
 
     unpack = commands.add_parser(

@@ -18,7 +18,7 @@ import json
 import lzma
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -32,13 +32,15 @@ PACK_FORMAT = "meshlm-shard-pack"
 PACK_VERSION = 1
 MIB = 1 << 20
 BLOCK = MIB  # bytes read, compressed or decompressed at a time: memory stays bounded
-# Compressed bytes kept free at the end of a chunk: liblzma holds back at most one LZMA2 chunk
-# (2 MiB of input) plus the block just fed, so a chunk is closed once it is this close to the limit.
-MARGIN = 6 * MIB
+# A chunk is closed once its compressed size is this close to the limit. liblzma emits its output
+# in LZMA2 chunks of at most 64 KiB compressed, so little is still held back at that point (measured:
+# under 0.1 MiB); the margin covers that plus the block just fed. A chunk that ends up over the limit
+# anyway is compressed again from fewer bytes.
+MARGIN = 2 * MIB
 MIN_CHUNK_BYTES = 4096  # an xz stream of one byte is about 60
-FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 6}]
-COMPRESSION = "xz, LZMA2 preset 6"
+DEFAULT_PRESET = 6  # measured against 0-9 and filter variants: bench/pack_compression.py, docs/data.md
 PARTIAL = ".partial"  # suffix of every file while it is staged
+CHUNK_KEYS = ("name", "bytes", "sha256", "start", "end", "raw_sha256", "covers")
 
 
 def chunk_name(index: int) -> str:
@@ -63,28 +65,34 @@ def _pieces(files: list[dict], start: int, end: int) -> list[dict]:
     ]
 
 
+def _blocks(read: Callable[[int], bytes], count: int, short: str) -> Iterator[bytes]:
+    """``count`` bytes from ``read``, at most ``BLOCK`` at a time; MeshLMError ``short`` if they run out."""
+    while count:
+        block = read(min(count, BLOCK))
+        if not block:
+            raise MeshLMError(short)
+        count -= len(block)
+        yield block
+
+
 def _read(folder: Path, files: list[dict], start: int, end: int) -> Iterator[bytes]:
     """Stream bytes ``[start, end)`` of the pack, at most ``BLOCK`` at a time."""
     for piece in _pieces(files, start, end):
         with open(folder / piece["file"], "rb") as fh:
             fh.seek(piece["offset"])
-            left = piece["bytes"]
-            while left:
-                block = fh.read(min(left, BLOCK))
-                if not block:
-                    raise MeshLMError(f"{folder / piece['file']} shrank while it was packed; pack again.")
-                left -= len(block)
-                yield block
+            yield from _blocks(fh.read, piece["bytes"], f"{folder / piece['file']} shrank while it was packed.")
 
 
-def _compress_chunk(folder: Path, files: list[dict], out: Path, index: int, start: int, end: int, limit: int) -> dict:
+def _compress_chunk(
+    folder: Path, files: list[dict], out: Path, index: int, start: int, end: int, limit: int, preset: int
+) -> dict:
     """Compress stream bytes from ``start`` into chunk ``index``: up to ``end``, or fewer once the
     compressed size is within ``MARGIN`` (at most half the limit) of ``limit``.
 
     Returns the chunk's manifest entry; its size may still exceed ``limit`` (the caller retries).
     """
     name, position, size, margin = chunk_name(index), start, 0, min(MARGIN, limit // 2)
-    xz = lzma.LZMACompressor(format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC64, filters=FILTERS)
+    xz = lzma.LZMACompressor(format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC64, preset=preset)
     digest, raw = hashlib.sha256(), hashlib.sha256()
     with open(out / name, "wb") as fh:
 
@@ -112,14 +120,17 @@ def _compress_chunk(folder: Path, files: list[dict], out: Path, index: int, star
     }
 
 
-def pack_shards(shard_dir: str | os.PathLike, out_dir: str | os.PathLike, chunk_mb: float = 48) -> Path:
+def pack_shards(
+    shard_dir: str | os.PathLike, out_dir: str | os.PathLike, chunk_mb: float = 48, preset: int = DEFAULT_PRESET
+) -> Path:
     """Write the shard folder ``shard_dir`` as xz chunks of at most ``chunk_mb`` MiB plus ``pack.json``.
 
     Every shard file's sha256 is checked against the shard manifest first, so a corrupt folder
     is never packed. A chunk is closed once its compressed size comes within ``MARGIN`` of the
-    limit; one that still ends up over it (only with limits near liblzma's 2 MiB of buffered
-    input) is compressed again from fewer bytes. The pack is written to a temporary sibling of
-    ``out_dir`` and renamed into place; an ``out_dir`` that exists and is not empty is refused.
+    limit; one that still ends up over it (with limits below a few MiB: liblzma emits output in
+    pieces of up to 64 KiB) is compressed again from fewer bytes. ``preset`` is the
+    xz preset. The pack is written to a temporary sibling of ``out_dir`` and renamed into place;
+    an ``out_dir`` that exists and is not empty is refused.
     """
     shards = TokenShards(shard_dir)
     limit = int(chunk_mb * MIB)
@@ -127,6 +138,8 @@ def pack_shards(shard_dir: str | os.PathLike, out_dir: str | os.PathLike, chunk_
         raise MeshLMError(
             f"--chunk-mb must be at least {MIN_CHUNK_BYTES / MIB:.4f} ({MIN_CHUNK_BYTES} bytes), got {chunk_mb}."
         )
+    if preset not in range(10):
+        raise MeshLMError(f"--preset must be an xz preset 0..9, got {preset}.")
     out = Path(out_dir).expanduser()
     if out.exists() and not (out.is_dir() and not any(out.iterdir())):
         raise MeshLMError(f"{out} already exists and is not empty; choose another --out for the pack.")
@@ -142,7 +155,8 @@ def pack_shards(shard_dir: str | os.PathLike, out_dir: str | os.PathLike, chunk_
     try:
         chunks, position, cap = [], 0, total
         while position < total:
-            chunk = _compress_chunk(shards.path, files, tmp, len(chunks), position, min(total, position + cap), limit)
+            end = min(total, position + cap)
+            chunk = _compress_chunk(shards.path, files, tmp, len(chunks), position, end, limit, preset)
             if chunk["bytes"] > limit:
                 raw = chunk["end"] - chunk["start"]
                 cap = max(1, min(raw - 1, raw * limit // chunk["bytes"] * 9 // 10))
@@ -152,7 +166,7 @@ def pack_shards(shard_dir: str | os.PathLike, out_dir: str | os.PathLike, chunk_
         manifest = {
             "format": PACK_FORMAT,
             "version": PACK_VERSION,
-            "compression": COMPRESSION,
+            "compression": f"xz, LZMA2 preset {preset}, CRC64",
             "chunk_limit_bytes": limit,
             "stream_bytes": total,
             "tokens": sum(shards.num_tokens(split) for split in shards.splits),
@@ -190,7 +204,7 @@ class Pack:
             if (m["format"], m["version"]) != (PACK_FORMAT, PACK_VERSION):
                 raise ValueError(f"not a {PACK_FORMAT} v{PACK_VERSION} manifest")
             files = [{k: f[k] for k in ("name", "bytes", "offset", "sha256")} for f in m["files"]]
-            chunks = {c["name"]: c for c in m["chunks"]}
+            chunks = {c["name"]: {k: c[k] for k in CHUNK_KEYS} for c in m["chunks"]}
             offset = 0
             for f in files:
                 name = PurePosixPath(f["name"])
@@ -204,18 +218,14 @@ class Pack:
                     raise ValueError(f"bad file entry {f['name']!r}")
                 offset += f["bytes"]
             position = 0
-            for i, c in enumerate(m["chunks"]):
-                covers = _pieces(files, position, c["end"])
-                if (
-                    c["name"] != chunk_name(i)
-                    or c["start"] != position
-                    or c["end"] <= position
-                    or c["covers"] != covers
-                ):
+            for i, c in enumerate(chunks.values()):
+                if c["name"] != chunk_name(i) or c["start"] != position or c["end"] <= position:
                     raise ValueError(f"bad chunk entry {c['name']!r}")
+                if c["covers"] != _pieces(files, position, c["end"]):
+                    raise ValueError(f"{c['name']} covers other file pieces than its byte range")
                 position = c["end"]
             if position != offset or SHARD_MANIFEST not in {f["name"] for f in files}:
-                raise ValueError("chunks do not cover the files")
+                raise ValueError("its chunks do not cover its files")
         except (ValueError, KeyError, TypeError) as e:
             raise MeshLMError(
                 f"{path} is not a valid pack manifest ({e}); copy it again from the packing machine."
@@ -316,14 +326,9 @@ def _add_chunk(stage: Path, pack: Pack, path: Path) -> None:
             for piece in entry["covers"]:
                 with open(stage / "files" / (piece["file"] + PARTIAL), "r+b") as fh:
                     fh.seek(piece["offset"])
-                    left = piece["bytes"]
-                    while left:
-                        data = xz.read(min(left, BLOCK))
-                        if not data:
-                            raise MeshLMError(f"{path} holds fewer bytes than {pack.path} says; copy it again.")
+                    for data in _blocks(xz.read, piece["bytes"], f"{path} holds fewer bytes than {pack.path} says."):
                         raw.update(data)
                         fh.write(data)
-                        left -= len(data)
             extra = xz.read(1)
     except (lzma.LZMAError, EOFError) as e:
         raise MeshLMError(f"{path} is not a valid xz chunk ({e}); copy it again.") from None

@@ -105,6 +105,19 @@ def test_unpack_of_a_whole_pack_folder_and_through_the_cli(shard_dir, pack_dir, 
     assert folder_bytes(tmp_path / "out2") == folder_bytes(shard_dir)
 
 
+def test_parallel_pack_cuts_the_stream_into_ranges_and_round_trips(shard_dir, pack_dir, tmp_path):
+    two = pack_shards(shard_dir, tmp_path / "two", chunk_mb=CHUNK_MB, jobs=2)
+    manifest = json.loads((two / PACK_MANIFEST).read_text())
+    half = manifest["stream_bytes"] // 2
+    assert [c["name"] for c in manifest["chunks"]] == [c.name for c in chunks_of(two)]
+    assert half in [c["end"] for c in manifest["chunks"]]  # the first process's last chunk ends at its range
+    assert all(c.stat().st_size <= LIMIT for c in chunks_of(two))
+    assert sorted(p.name for p in two.iterdir()) == sorted([PACK_MANIFEST, *(c.name for c in chunks_of(two))])
+    assert manifest["files"] == json.loads((pack_dir / PACK_MANIFEST).read_text())["files"]
+    assert unpack_chunks([two], tmp_path / "out").complete
+    assert folder_bytes(tmp_path / "out") == folder_bytes(shard_dir)
+
+
 def test_a_damaged_or_foreign_chunk_is_refused(shard_dir, pack_dir, tmp_path, capsys):
     copy = tmp_path / "copy"
     shutil.copytree(pack_dir, copy)
@@ -192,6 +205,8 @@ def test_pack_bad_inputs(shard_dir, pack_dir, tmp_path):
         pack_shards(shard_dir, tmp_path / "p", chunk_mb=0.001)
     with pytest.raises(MeshLMError, match=r"--preset must be an xz preset 0\.\.9, got 10"):
         pack_shards(shard_dir, tmp_path / "p", preset=10)
+    with pytest.raises(MeshLMError, match="--jobs must be at least 1, got 0"):
+        pack_shards(shard_dir, tmp_path / "p", jobs=0)
     with pytest.raises(MeshLMError, match="not a shard folder"):
         pack_shards(tmp_path, tmp_path / "p")
     corrupt = tmp_path / "corrupt"

@@ -47,7 +47,7 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _pack(args: argparse.Namespace) -> int:
-    out = pack_shards(args.dir, args.out, chunk_mb=args.chunk_mb, preset=args.preset)
+    out = pack_shards(args.dir, args.out, chunk_mb=args.chunk_mb, preset=args.preset, jobs=args.jobs)
     pack = Pack.load(out / PACK_MANIFEST)
     size = sum(c["bytes"] for c in pack.chunks.values())
     print(
@@ -117,6 +117,9 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
     pack.add_argument("--chunk-mb", type=float, default=48, metavar="MB", help="largest chunk, in MiB (default 48)")
     pack.add_argument(
         "--preset", type=int, default=DEFAULT_PRESET, metavar="N", help="xz preset 0-9 (default 6; 0-1: faster, larger)"
+    )
+    pack.add_argument(
+        "--jobs", type=int, default=1, metavar="N", help="compress N byte ranges in parallel (up to N-1 more chunks)"
     )
     pack.set_defaults(func=_pack)
 

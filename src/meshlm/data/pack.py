@@ -19,6 +19,7 @@ import lzma
 import os
 import shutil
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -84,14 +85,14 @@ def _read(folder: Path, files: list[dict], start: int, end: int) -> Iterator[byt
 
 
 def _compress_chunk(
-    folder: Path, files: list[dict], out: Path, index: int, start: int, end: int, limit: int, preset: int
+    folder: Path, files: list[dict], out: Path, name: str, start: int, end: int, limit: int, preset: int
 ) -> dict:
-    """Compress stream bytes from ``start`` into chunk ``index``: up to ``end``, or fewer once the
+    """Compress stream bytes from ``start`` into ``out/name``: up to ``end``, or fewer once the
     compressed size is within ``MARGIN`` (at most half the limit) of ``limit``.
 
     Returns the chunk's manifest entry; its size may still exceed ``limit`` (the caller retries).
     """
-    name, position, size, margin = chunk_name(index), start, 0, min(MARGIN, limit // 2)
+    position, size, margin = start, 0, min(MARGIN, limit // 2)
     xz = lzma.LZMACompressor(format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC64, preset=preset)
     digest, raw = hashlib.sha256(), hashlib.sha256()
     with open(out / name, "wb") as fh:
@@ -120,17 +121,44 @@ def _compress_chunk(
     }
 
 
+def _pack_segment(
+    folder: Path, files: list[dict], out: Path, segment: int, start: int, end: int, limit: int, preset: int
+) -> list[dict]:
+    """Stream bytes ``[start, end)`` as consecutive chunks ``seg<segment>-<n>.xz``, each within ``limit``.
+
+    A chunk over the limit is compressed again from fewer bytes, so this ends (a chunk of one
+    byte is about 60 bytes of xz) and every chunk fits.
+    """
+    chunks, position, cap = [], start, end - start
+    while position < end:
+        name = f"seg{segment:03d}-{len(chunks):04d}.xz"
+        chunk = _compress_chunk(folder, files, out, name, position, min(end, position + cap), limit, preset)
+        if chunk["bytes"] > limit:
+            raw = chunk["end"] - chunk["start"]
+            cap = max(1, min(raw - 1, raw * limit // chunk["bytes"] * 9 // 10))
+            continue
+        chunks.append(chunk)
+        position = chunk["end"]
+    return chunks
+
+
 def pack_shards(
-    shard_dir: str | os.PathLike, out_dir: str | os.PathLike, chunk_mb: float = 48, preset: int = DEFAULT_PRESET
+    shard_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    chunk_mb: float = 48,
+    preset: int = DEFAULT_PRESET,
+    jobs: int = 1,
 ) -> Path:
     """Write the shard folder ``shard_dir`` as xz chunks of at most ``chunk_mb`` MiB plus ``pack.json``.
 
     Every shard file's sha256 is checked against the shard manifest first, so a corrupt folder
     is never packed. A chunk is closed once its compressed size comes within ``MARGIN`` of the
     limit; one that still ends up over it (with limits below a few MiB: liblzma emits output in
-    pieces of up to 64 KiB) is compressed again from fewer bytes. ``preset`` is the
-    xz preset. The pack is written to a temporary sibling of ``out_dir`` and renamed into place;
-    an ``out_dir`` that exists and is not empty is refused.
+    pieces of up to 64 KiB) is compressed again from fewer bytes. ``preset`` is the xz preset.
+    ``jobs`` > 1 cuts the stream into that many equal byte ranges compressed by as many
+    processes, each range ending in a partly filled chunk (so up to ``jobs - 1`` more chunks).
+    The pack is written to a temporary sibling of ``out_dir`` and renamed into place; an
+    ``out_dir`` that exists and is not empty is refused.
     """
     shards = TokenShards(shard_dir)
     limit = int(chunk_mb * MIB)
@@ -140,6 +168,8 @@ def pack_shards(
         )
     if preset not in range(10):
         raise MeshLMError(f"--preset must be an xz preset 0..9, got {preset}.")
+    if jobs < 1:
+        raise MeshLMError(f"--jobs must be at least 1, got {jobs}.")
     out = Path(out_dir).expanduser()
     if out.exists() and not (out.is_dir() and not any(out.iterdir())):
         raise MeshLMError(f"{out} already exists and is not empty; choose another --out for the pack.")
@@ -153,16 +183,17 @@ def pack_shards(
             raise MeshLMError(f"shard {path} does not match its manifest's sha256; not packing a corrupt folder.")
     tmp = temp_sibling(out)
     try:
-        chunks, position, cap = [], 0, total
-        while position < total:
-            end = min(total, position + cap)
-            chunk = _compress_chunk(shards.path, files, tmp, len(chunks), position, end, limit, preset)
-            if chunk["bytes"] > limit:
-                raw = chunk["end"] - chunk["start"]
-                cap = max(1, min(raw - 1, raw * limit // chunk["bytes"] * 9 // 10))
-                continue
-            chunks.append(chunk)
-            position = chunk["end"]
+        bounds = [total * j // jobs for j in range(jobs + 1)]
+        segments = [(shards.path, files, tmp, j, bounds[j], bounds[j + 1], limit, preset) for j in range(jobs)]
+        if jobs == 1:
+            parts = [_pack_segment(*segments[0])]
+        else:
+            with ProcessPoolExecutor(jobs) as pool:
+                parts = list(pool.map(_pack_segment, *zip(*segments, strict=True)))
+        chunks = [chunk for part in parts for chunk in part]
+        for i, chunk in enumerate(chunks):
+            (tmp / chunk["name"]).rename(tmp / chunk_name(i))
+            chunk["name"] = chunk_name(i)
         manifest = {
             "format": PACK_FORMAT,
             "version": PACK_VERSION,

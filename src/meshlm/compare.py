@@ -26,6 +26,7 @@ import torch
 from meshlm.accounting import count
 from meshlm.config import canonical_scheme, parse_layout
 from meshlm.data.shards import TokenBatchSampler, load_tokens
+from meshlm.data.view import TokenView
 from meshlm.errors import MeshLMError
 from meshlm.train.loop import TrainConfig, build_model_config, load_run_data, max_steps_of
 
@@ -164,8 +165,8 @@ def _eval_tokens(shards, limit: int, held_out: bool) -> torch.Tensor:
     """The first ``limit`` tokens of ``shards``: its validation split, or all of it for an extra eval set."""
     import numpy as np
 
-    parts = [shards.split("val")] if held_out else [shards.split(s) for s in shards.splits]
-    tokens = np.concatenate([np.asarray(p) for p in parts])[:limit]
+    splits = ["val"] if held_out else shards.splits
+    tokens = TokenView([part for s in splits for part in shards.split(s).parts], dtype=shards.dtype)[:limit]
     if len(tokens) < 2:
         where = "in its val split" if held_out else "at all"
         raise MeshLMError(f"eval set {shards.path} has no tokens to evaluate {where}")

@@ -288,7 +288,7 @@ def train(cfg: TrainConfig) -> dict:
         "train": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "extra"},
         "params": counts.as_dict(),
         "tokenizer": tokenizer.name,
-        "data": {"train_tokens": len(shards.split("train")), "val_tokens": len(val_tokens)},
+        "data": {"train_tokens": len(sampler.tokens), "val_tokens": len(val_tokens)},
         "world_size": dist.world,
         "global_batch_seqs": global_seqs,
         "micro_batch": micro,

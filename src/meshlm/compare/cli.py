@@ -53,8 +53,18 @@ def _run_compare(args) -> int:
     return 0
 
 
+def _run_scaling(args) -> int:
+    from meshlm.compare.scaling import write_scaling
+
+    out = Path(args.out)
+    write_scaling([Path(f) for f in args.sweeps], out)
+    print((out / "scaling.md").read_text())
+    print(f"scaling report: {out / 'scaling.md'} (scaling.json and scaling.png beside it)")
+    return 0
+
+
 def add_subcommand(subparsers) -> None:
-    """Register ``meshlm compare`` and ``meshlm demo``."""
+    """Register ``meshlm compare``, ``meshlm scaling`` and ``meshlm demo``."""
     from meshlm.train.cli import add_train_arguments
 
     parser = subparsers.add_parser("compare", help="train, evaluate and probe variants at matched compute")
@@ -70,6 +80,12 @@ def add_subcommand(subparsers) -> None:
     parser.add_argument("--probe-samples", type=int, help="held-out windows probed per variant (0 = no probe)")
     parser.add_argument("--allow-repeat", action="store_true", help="allow a budget of more than one epoch")
     parser.set_defaults(func=_run_compare)
+    scaling = subparsers.add_parser(
+        "scaling", help="merge finished sweeps of one recipe at different token budgets into a scaling report"
+    )
+    scaling.add_argument("sweeps", nargs="+", metavar="SWEEP_DIR", help="`meshlm compare --out` folders")
+    scaling.add_argument("--out", required=True, help="folder for scaling.md, scaling.json, scaling.png")
+    scaling.set_defaults(func=_run_scaling)
     demo = subparsers.add_parser("demo", help="the embedded default: a tiny vanilla/base/anchor/mesh comparison on CPU")
     demo.add_argument("--out", default="meshlm-demo", help="report folder (default ./meshlm-demo)")
     demo.add_argument("--max-steps", type=int, help=f"steps per variant (default {DEMO['max_steps']})")

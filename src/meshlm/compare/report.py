@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import statistics
 from pathlib import Path
 
 from meshlm.compare.plan import Sweep, log
+from meshlm.compare.stats import LEVEL, fmt_pm, interval, sample_std
 
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
+# the references every variant is paired against, when the sweep has them
+REFERENCES = ("anchor", "vanilla")
 
 
 def summarize(sweep: Sweep, planned: dict, evals: dict) -> dict:
-    """Per-variant mean +- std over seeds, deltas vs vanilla, and the gap closures vs base."""
+    """Per-variant mean and sample std over seeds, paired differences, deltas vs vanilla, gap closures vs base.
+
+    ``paired[ref]`` holds, per seed, ``loss(variant) - loss(ref)`` (same seed = same data order, so the
+    pairing removes the data-order noise both share) with its mean and t interval (:func:`interval`).
+    """
     names = list(next(iter(evals.values()))[sweep.seeds[0]].keys())
     vanilla_params = next((planned["variants"][v.name]["non_embedding"] for v in sweep.variants if v.vanilla), None)
     table = {}
@@ -25,9 +30,22 @@ def summarize(sweep: Sweep, planned: dict, evals: dict) -> dict:
             row["non_embedding_vs_vanilla"] = row["non_embedding"] / vanilla_params - 1
         for name in names:
             losses = [evals[variant.name][seed][name]["loss"] for seed in sweep.seeds]
-            mean, std = _mean_std(losses)
-            row[name] = {"loss_mean": mean, "loss_std": std, "ppl_mean": math.exp(mean), "losses": losses}
+            mean = statistics.fmean(losses)
+            row[name] = {
+                "loss_mean": mean,
+                "loss_std": sample_std(losses),
+                "ppl_mean": math.exp(mean),
+                "losses": losses,
+            }
         table[variant.name] = row
+    for variant in table:
+        for name in names:
+            mine = table[variant][name]["losses"]
+            table[variant][name]["paired"] = {
+                ref: interval([a - b for a, b in zip(mine, table[ref][name]["losses"], strict=True)])
+                for ref in REFERENCES
+                if ref in table and ref != variant
+            }
     gaps = {}
     if "vanilla" in table and "base" in table:
         for name in names:
@@ -40,11 +58,28 @@ def summarize(sweep: Sweep, planned: dict, evals: dict) -> dict:
                     for v in table
                     if v not in ("base", "vanilla")
                 }
-    return {"plan": planned, "eval_sets": names, "seeds": sweep.seeds, "variants": table, "gap_closure": gaps}
+    runs = {
+        v.name: {str(s): str(sweep.run_dir(v, s).relative_to(sweep.out)) for s in sweep.seeds} for v in sweep.variants
+    }
+    train = {k: v for k, v in dataclasses.asdict(sweep.train).items() if k != "extra"}
+    return {
+        "plan": planned,
+        "train": train,
+        "eval_sets": names,
+        "seeds": sweep.seeds,
+        "runs": runs,
+        "variants": table,
+        "gap_closure": gaps,
+    }
+
+
+def _paired_cell(row: dict, ref: str) -> str:
+    paired = row["paired"].get(ref)
+    return "-" if paired is None else fmt_pm(paired["mean"], paired["half_width"], signed=True)
 
 
 def report_markdown(summary: dict, sweep: Sweep) -> str:
-    """The Table-1-style report: params, FLOPs, held-out loss/PPL (mean +- std), deltas, gap closure."""
+    """The Table-1-style report: params, FLOPs, held-out loss/PPL (mean ± std), paired deltas, gap closure."""
     plan_ = summary["plan"]
     cfg = sweep.train
     lines = [
@@ -56,11 +91,15 @@ def report_markdown(summary: dict, sweep: Sweep) -> str:
         f"{plan_['train_tokens']:,} training tokens), peak lr {cfg.lr}, seeds {summary['seeds']}; "
         f"every variant saw the same batches in the same order (data order {plan_['data_order']}).",
         "",
+        f"Loss: mean ± sample std over the {len(summary['seeds'])} seed(s). Δ vs anchor / vanilla: mean over seeds "
+        "of the paired difference `loss(variant) - loss(reference)` on the same seed (negative = variant better) "
+        f"± the half-width of its {LEVEL:.0%} t interval (n - 1 degrees of freedom); n/a with one seed.",
+        "",
     ]
     sets = summary["eval_sets"]
     header = ["layout", "variant", "non-emb params", "vs vanilla", "FLOPs/token", "total FLOPs"]
     for name in sets:
-        header += [f"{name} loss", f"{name} PPL", f"{name} Δ vs vanilla"]
+        header += [f"{name} loss", f"{name} PPL", f"{name} Δ vs anchor", f"{name} Δ vs vanilla"]
     lines += ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for variant, row in summary["variants"].items():
         rel = row.get("non_embedding_vs_vanilla")
@@ -74,13 +113,20 @@ def report_markdown(summary: dict, sweep: Sweep) -> str:
         ]
         for name in sets:
             r = row[name]
-            delta = r.get("delta_vs_vanilla")
             cells += [
-                f"{r['loss_mean']:.4f} ± {r['loss_std']:.4f}",
+                fmt_pm(r["loss_mean"], r["loss_std"]),
                 f"{r['ppl_mean']:.2f}",
-                "-" if delta is None else f"{delta:+.4f}",
+                _paired_cell(r, "anchor"),
+                _paired_cell(r, "vanilla"),
             ]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"Paired differences per seed (seeds {summary['seeds']}), with {LEVEL:.0%} intervals:", ""]
+    for name in sets:
+        for variant, row in summary["variants"].items():
+            for ref, p in row[name]["paired"].items():
+                bounds = "n/a" if p["low"] is None else f"[{p['low']:+.4f}, {p['high']:+.4f}]"
+                per_seed = ", ".join(f"{d:+.4f}" for d in p["values"])
+                lines.append(f"- {name}: {variant} - {ref} = {p['mean']:+.4f}, CI {bounds} (per seed: {per_seed})")
     if summary["gap_closure"]:
         lines += [
             "",
@@ -93,7 +139,7 @@ def report_markdown(summary: dict, sweep: Sweep) -> str:
     lines += [
         "",
         "Files: `report.json` (every number), `loss_curves.png`, `probe/` (diagnostics side by side), "
-        "`runs/<variant>-seed<k>/` (logs, checkpoints, final model).",
+        "`runs/<variant>-seed<k>/` (logs, checkpoints, final model, `eval.json`).",
     ]
     return "\n".join(lines) + "\n"
 

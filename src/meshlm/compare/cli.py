@@ -10,7 +10,7 @@ from meshlm.compare.report import print_report
 from meshlm.compare.run import run_sweep
 from meshlm.errors import MeshLMError
 
-COMPARE_KEYS = ("variants", "seeds", "evals", "eval_tokens", "probe_samples", "allow_repeat")
+COMPARE_KEYS = ("variants", "seeds", "evals", "eval_tokens", "probe_samples", "allow_repeat", "parallel")
 
 
 def _split_list(text: str) -> list[str]:
@@ -43,7 +43,14 @@ def sweep_from_args(args) -> Sweep:
         eval_tokens=args.eval_tokens or extra.get("eval_tokens") or Sweep.eval_tokens,
         probe_samples=args.probe_samples if args.probe_samples is not None else extra.get("probe_samples", 16),
         allow_repeat=bool(args.allow_repeat or extra.get("allow_repeat", False)),
+        parallel=_parallel(args.parallel if args.parallel is not None else extra.get("parallel", 1)),
     )
+
+
+def _parallel(value) -> int:
+    if not isinstance(value, int) or value < 1:
+        raise MeshLMError(f"--parallel takes a number of runs >= 1, got {value!r}")
+    return value
 
 
 def _run_compare(args) -> int:
@@ -79,6 +86,12 @@ def add_subcommand(subparsers) -> None:
     parser.add_argument("--eval-tokens", type=int, help="tokens per eval set (default 262144)")
     parser.add_argument("--probe-samples", type=int, help="held-out windows probed per variant (0 = no probe)")
     parser.add_argument("--allow-repeat", action="store_true", help="allow a budget of more than one epoch")
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        metavar="N",
+        help="train up to N runs at once as subprocesses on the device (lowered to what fits in GPU memory)",
+    )
     parser.set_defaults(func=_run_compare)
     scaling = subparsers.add_parser(
         "scaling", help="merge finished sweeps of one recipe at different token budgets into a scaling report"

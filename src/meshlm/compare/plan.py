@@ -59,6 +59,7 @@ class Sweep:
     eval_tokens: int = 262_144
     probe_samples: int = 16
     allow_repeat: bool = False
+    parallel: int = 1
 
     def layouts(self) -> tuple[str, str]:
         """(recursive layout, its vanilla twin of equal unrolled depth)."""

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from meshlm.compare.parallel import fit_parallel, train_parallel
 from meshlm.compare.plan import Sweep, log, plan
 from meshlm.compare.report import plot_loss_curves, report_markdown, summarize
 from meshlm.data.shards import load_tokens
@@ -86,13 +87,29 @@ def run_sweep(sweep: Sweep) -> dict:
             f"{name:<12} {row['layout']:<11} {row['non_embedding']:>14,}   {row['flops_per_token']:.3e}   "
             f"{row['total_flops']:.3e}"
         )
+    eval_sets = {"held-out": _eval_tokens(shards, sweep.eval_tokens, held_out=True)}
+    for name, source in sweep.evals.items():
+        extra = load_tokens(source, tokenizer, cache_dir=sweep.train.cache_dir)
+        eval_sets[name] = _eval_tokens(extra, sweep.eval_tokens, held_out=False)
+    pending = []
     for seed in sweep.seeds:
         for variant in sweep.variants:
-            run_dir = sweep.run_dir(variant, seed)
-            if _finished(run_dir, planned["steps"]):
+            if _finished(sweep.run_dir(variant, seed), planned["steps"]):
                 log(f"[skip] {variant.name} seed {seed}: already trained")
-                continue
-            log(f"[train] {variant.name} seed {seed} -> {run_dir}")
+            else:
+                pending.append((variant, seed))
+    n = fit_parallel(sweep, pending, tokenizer.vocab_size) if sweep.parallel > 1 else 1
+    if n > 1:
+
+        def evaluate_finished(variant, seed) -> None:
+            """Evaluate a run as soon as it is done, while the others still train: no serial tail."""
+            if _finished(sweep.run_dir(variant, seed), planned["steps"]):
+                evaluate_run(sweep, sweep.run_dir(variant, seed), eval_sets)
+
+        train_parallel(sweep, pending, n, evaluate_finished)
+    else:
+        for variant, seed in pending:
+            log(f"[train] {variant.name} seed {seed} -> {sweep.run_dir(variant, seed)}")
             train(sweep.run_config(variant, seed))
     unfinished = [
         str(sweep.run_dir(v, s))
@@ -105,10 +122,6 @@ def run_sweep(sweep: Sweep) -> dict:
             f"{len(unfinished)} run(s) stopped before the end ({', '.join(unfinished)}); "
             "run the same command again to continue them"
         )
-    eval_sets = {"held-out": _eval_tokens(shards, sweep.eval_tokens, held_out=True)}
-    for name, source in sweep.evals.items():
-        extra = load_tokens(source, tokenizer, cache_dir=sweep.train.cache_dir)
-        eval_sets[name] = _eval_tokens(extra, sweep.eval_tokens, held_out=False)
     evals = {
         v.name: {s: evaluate_run(sweep, sweep.run_dir(v, s), eval_sets) for s in sweep.seeds} for v in sweep.variants
     }

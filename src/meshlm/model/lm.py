@@ -308,6 +308,7 @@ class MeshLMForCausalLM(MeshLMPreTrainedModel, GenerationMixin):
         logits_to_keep: int = 0,
         cache: Cache | None = None,
         targets: torch.LongTensor | None = None,
+        record: dict | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """Logits (and the mean next-token loss when ``labels`` or ``targets`` are given; -100 is ignored).
@@ -316,7 +317,8 @@ class MeshLMForCausalLM(MeshLMPreTrainedModel, GenerationMixin):
         already aligned with ``input_ids`` (token t+1 at position t, as the training loop feeds
         them), so every position is scored; with ``targets`` the loss comes from the fused
         head + cross-entropy (:mod:`meshlm.model.loss`) and ``logits`` is None. ``cache`` is the
-        newer transformers name of ``past_key_values``; either works.
+        newer transformers name of ``past_key_values``; either works. ``record`` is the backbone's
+        (:meth:`MeshLMModel.forward`): states and scheme internals of this pass.
         """
         past_key_values = cache if cache is not None else past_key_values
         use_cache = self.config.use_cache if use_cache is None else use_cache
@@ -324,7 +326,7 @@ class MeshLMForCausalLM(MeshLMPreTrainedModel, GenerationMixin):
             past_key_values = self._new_cache()
         if not use_cache:
             past_key_values = None
-        h = self.model(input_ids, attention_mask, position_ids, past_key_values)
+        h = self.model(input_ids, attention_mask, position_ids, past_key_values, record)
         if targets is not None and labels is None:
             # training path: the loss without materialising (tokens x vocab) logits for backward
             loss = linear_cross_entropy(h, self.lm_head.weight, targets)

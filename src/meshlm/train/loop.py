@@ -27,6 +27,7 @@ from meshlm.accounting import count
 from meshlm.config import MeshLMConfig
 from meshlm.errors import MeshLMError
 from meshlm.model import MeshLMForCausalLM
+from meshlm.model.schemes import SchemeStatistics
 from meshlm.train import checkpoint as ckpt
 from meshlm.train.distributed import Dist, setup_distributed, wrap_model
 from meshlm.train.hardware import measure_bf16_peak
@@ -199,18 +200,27 @@ class _StopSignal:
 
 
 @torch.no_grad()
-def evaluate(model, batches: list[tuple[torch.Tensor, torch.Tensor]], dist: Dist, device, autocast) -> float:
-    """Mean held-out next-token loss; ranks share the batches and all-reduce the sums."""
+def evaluate(
+    model, batches: list[tuple[torch.Tensor, torch.Tensor]], dist: Dist, device, autocast, stats: SchemeStatistics
+) -> float:
+    """Mean held-out next-token loss; ranks share the batches and all-reduce the sums.
+
+    ``stats`` (the scheme's :meth:`~meshlm.model.schemes.StateScheme.statistics`) collects the
+    scheme's internals from the same forwards, so they cost no extra pass.
+    """
     model.eval()
     total = torch.zeros(2, device=device, dtype=torch.float64)
     for i, (x, y) in enumerate(batches):
         if i % dist.world != dist.rank:
             continue
+        record = stats.new_record()
         with autocast():
-            logits = model(x.to(device), use_cache=False).logits
+            logits = model(x.to(device), use_cache=False, record=record).logits
+        stats.update(record)
         total[0] += F.cross_entropy(logits.flatten(0, 1).float(), y.to(device).flatten(), reduction="sum")
         total[1] += y.numel()
     dist.all_reduce(total)
+    stats.all_reduce(dist.all_reduce)
     model.train()
     return (total[0] / total[1]).item()
 
@@ -367,8 +377,10 @@ def train(cfg: TrainConfig) -> dict:
                     "epoch": sampler.epoch_of(step),
                 }
                 if eval_now:
-                    record["val_loss"] = evaluate(wrapped, val, dist, device, autocast)
+                    stats = model.model.scheme.statistics()
+                    record["val_loss"] = evaluate(wrapped, val, dist, device, autocast, stats)
                     record["val_ppl"] = math.exp(min(record["val_loss"], 50))
+                    record.update(stats.result())
                 logger.log(record)
                 t_last, tokens_last = time.perf_counter(), tokens_seen
             if save_now:

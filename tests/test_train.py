@@ -174,6 +174,9 @@ def test_bad_training_inputs_give_one_clear_error(corpus, tmp_path, capsys):
         common + ["--data", corpus, "--tokenizer", "bpe:300", "--seq-len", "4096"], capsys
     )
     assert "--tokenizer" in _cli_error(common + ["--data", corpus], capsys)
+    bad_ac = common + ["--data", corpus, "--tokenizer", "bpe:300", "--activation-checkpointing", "mlp"]
+    assert "none, full, selective" in _cli_error(bad_ac, capsys)
+    assert not (tmp_path / "o" / "run.json").exists()
 
 
 def test_resume_into_a_different_model_is_refused(corpus, tmp_path, capsys):

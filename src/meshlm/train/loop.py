@@ -92,6 +92,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     resume: bool = False
     compile: bool = False
+    activation_checkpointing: str = "none"
     fsdp: bool = False
     device: str | None = None
     cache_dir: str | None = None
@@ -280,6 +281,7 @@ def train(cfg: TrainConfig) -> dict:
         model = MeshLMForCausalLM.from_pretrained(resumed_from)
         start_step, tokens_seen = state["step"], state["tokens_seen"]
     model.to(device)
+    model.set_activation_checkpointing(cfg.activation_checkpointing)
     wrapped = wrap_model(model, dist, compile=cfg.compile)
     optimizer = build_optimizer(wrapped, cfg.lr, cfg.weight_decay)
     if opt_state is not None:

@@ -1,5 +1,6 @@
 """The training loop on CPU: schedule, decay groups, learning, exact resume, atomic checkpoints, NaN stop."""
 
+import dataclasses
 import itertools
 import json
 import math
@@ -261,3 +262,23 @@ def test_router_statistics_trace_as_one_compiled_graph():
         results.append(stats.result())
     assert counter.frame_count == 1
     assert results[1] == pytest.approx(results[0], abs=1e-6) and len(results[0]) == 2 * 3 * (5 + 1)
+
+
+def test_paper_config_is_the_papers_recipe_on_1_to_8_gpus(tmp_path):
+    from pathlib import Path
+
+    from meshlm.train.cli import read_config_file
+
+    values = read_config_file(Path(__file__).parents[1] / "configs" / "paper-1.4b.yaml")
+    cfg = TrainConfig.from_dict({**values, "data": "shards", "out": str(tmp_path)})
+    model = loop.build_model_config(cfg, 50277)
+    assert (model.hidden_size, model.num_attention_heads, model.vocab_size) == (2048, 16, 50304)
+    assert (model.layout, model.scheme, model.parsed_layout.unrolled_layers) == ("4+8R2+4", "mesh", 24)
+    assert (cfg.seq_len, cfg.batch_tokens // cfg.seq_len, cfg.lr) == (4096, 512, 2e-4)
+    steps = loop.max_steps_of(cfg)
+    assert lr_at(steps // 100 - 1, steps, cfg.lr) == pytest.approx(2e-4, rel=1e-3)  # warm-up ends at 1%
+    assert lr_at(steps - 1, steps, cfg.lr) == pytest.approx(2e-5)
+    for world in (1, 2, 4, 8):
+        assert loop._batch_shape(cfg, world) == (512, 4, 128 // world)
+    vanilla = loop.build_model_config(dataclasses.replace(cfg, layout="24", scheme="base"), 50277)
+    assert vanilla.parsed_layout.is_vanilla and vanilla.parsed_layout.unrolled_layers == 24

@@ -344,9 +344,10 @@ def train(cfg: TrainConfig) -> dict:
             batches = sampler.batches_for_step(step)
             for i, (x, y) in enumerate(batches):
                 sync = dist.no_sync(wrapped) if i < len(batches) - 1 else nullcontext()
-                with sync, autocast():
-                    loss = wrapped(x.to(device, non_blocking=True), targets=y.to(device, non_blocking=True)).loss
-                (loss / accum).backward()
+                with sync:  # around backward too: FSDP2 reads the no-sync flag there (DDP in forward)
+                    with autocast():
+                        loss = wrapped(x.to(device, non_blocking=True), targets=y.to(device, non_blocking=True)).loss
+                    (loss / accum).backward()
                 loss_sum += loss.detach() / accum
             grad_norm = torch.nn.utils.clip_grad_norm_(wrapped.parameters(), cfg.grad_clip)
             optimizer.step()

@@ -31,6 +31,7 @@ REMOTE_MODULES: dict[str, str] = {
     "meshlm.model.layers": "meshlm_layers",
     "meshlm.model.schemes": "meshlm_schemes",
     "meshlm.model.mesh": "meshlm_mesh",
+    "meshlm.model.router_stats": "meshlm_router_stats",
     "meshlm.model.loss": "meshlm_loss",
 }
 AUTO_MAP: dict[str, str] = {

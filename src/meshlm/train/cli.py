@@ -20,6 +20,7 @@ HELP = {
     "eval_every": "evaluate held-out loss every N steps (and always at the end); 0 = only at the end",
     "stop_after": "stop (with a checkpoint) after this many steps, keeping the schedule of --max-steps",
     "save_every": "checkpoint every N steps (and always at the end); 0 = only at the end",
+    "activation_checkpointing": "none, full (recompute every unrolled layer in backward) or selective (every other)",
 }
 
 

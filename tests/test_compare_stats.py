@@ -180,6 +180,30 @@ def test_scaling_merge_matches_a_recomputation(sweeps, tmp_path, capsys):
     assert (out / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_scaling_merges_the_variants_every_budget_trained(sweeps, tmp_path, capsys):
+    """A budget that trained fewer variants (here without vanilla and base) limits the curve to the common ones."""
+    from meshlm.cli import main
+
+    small, large = (sweeps[b].out for b in BUDGETS)
+    report = json.loads((large / "report.json").read_text())
+    for name in ("vanilla", "base"):
+        report["variants"].pop(name)
+    fewer = tmp_path / "fewer"
+    fewer.mkdir()
+    (fewer / "report.json").write_text(json.dumps(report))
+    out = tmp_path / "scaling"
+    assert main(["scaling", str(small), str(fewer), "--out", str(out)]) == 0
+    assert "base, vanilla left out of the curve" in capsys.readouterr().err
+    data = json.loads((out / "scaling.json").read_text())
+    assert set(data["recipe"]["variants"]) == {"anchor", "mesh"}
+    small_row, large_row = data["budgets"]
+    for row, sweep in ((small_row, sweeps[BUDGETS[0]]), (large_row, sweeps[BUDGETS[1]])):
+        assert set(row["held-out"]["loss"]) == {"anchor", "mesh"}
+        assert set(row["held-out"]["paired"]) == {"anchor"}
+        diffs = [a - b for a, b in zip(_losses(sweep, "mesh"), _losses(sweep, "anchor"), strict=True)]
+        assert row["held-out"]["paired"]["anchor"]["mesh"]["mean"] == pytest.approx(statistics.fmean(diffs), abs=1e-12)
+
+
 def test_scaling_refuses_what_is_not_one_recipe(sweeps, tmp_path, capsys):
     from meshlm.cli import main
 
@@ -189,7 +213,6 @@ def test_scaling_refuses_what_is_not_one_recipe(sweeps, tmp_path, capsys):
     report = json.loads((large / "report.json").read_text())
     cases = []
     for key, change in (
-        ("variants", lambda r: r["variants"].pop("mesh")),
         ("variants", lambda r: r["variants"]["mesh"].update(layout="2+1R2+1")),
         ("seq_len", lambda r: r["train"].update(seq_len=64)),
     ):

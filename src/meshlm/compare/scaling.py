@@ -1,11 +1,13 @@
 """``meshlm scaling``: several finished sweeps of one recipe at different token budgets, merged into one curve.
 
 Every sweep folder must hold a ``report.json`` written by ``meshlm compare`` (so all its runs
-finished) with the same variants (names, layouts, schemes), sequence length, tokenizer and model
-width; only the budget may differ. Per budget: held-out loss per variant (mean and sample std
-over that sweep's seeds), and the paired differences ``variant - anchor`` and ``variant - vanilla``
-per seed with their t intervals (:mod:`meshlm.compare.stats`). Written as ``scaling.json``,
-``scaling.md`` and ``scaling.png`` (with matplotlib).
+finished) of one recipe: sequence length, tokenizer and model width; only the budget may differ.
+The curve covers the variants that every sweep trained (a larger budget may train fewer, e.g.
+only mesh and anchor); a variant name must mean the same layout and scheme in every sweep. Per
+budget: held-out loss per variant (mean and sample std over that sweep's seeds), and the paired
+differences ``variant - anchor`` and ``variant - vanilla`` per seed with their t intervals
+(:mod:`meshlm.compare.stats`). Written as ``scaling.json``, ``scaling.md`` and ``scaling.png``
+(with matplotlib).
 """
 
 from __future__ import annotations
@@ -44,16 +46,17 @@ def read_sweep(folder: Path) -> dict:
 
 
 def _recipe(report: dict) -> dict:
-    variants = {name: (row["layout"], row["scheme"]) for name, row in report["variants"].items()}
-    return {
-        "variants": variants,
-        "tokenizer": report["plan"]["tokenizer"],
-        **{key: report["train"].get(key) for key in RECIPE_KEYS},
-    }
+    return {"tokenizer": report["plan"]["tokenizer"], **{key: report["train"].get(key) for key in RECIPE_KEYS}}
+
+
+def _variants(report: dict) -> dict[str, tuple[str, str]]:
+    return {name: (row["layout"], row["scheme"]) for name, row in report["variants"].items()}
 
 
 def _check_same_recipe(reports: list[dict]) -> dict:
+    """The shared recipe with the variants every sweep trained; one error line for anything else."""
     first = _recipe(reports[0])
+    variants = _variants(reports[0])
     for report in reports[1:]:
         other = _recipe(report)
         for key, value in first.items():
@@ -62,20 +65,33 @@ def _check_same_recipe(reports: list[dict]) -> dict:
                     f"sweeps {reports[0]['folder']} and {report['folder']} differ in {key} ({value} vs {other[key]}); "
                     "a scaling curve merges sweeps of one recipe at different budgets"
                 )
+        theirs = _variants(report)
+        for name in variants.keys() & theirs.keys():
+            if variants[name] != theirs[name]:
+                raise MeshLMError(
+                    f"sweeps {reports[0]['folder']} and {report['folder']} differ in variants ({name} is "
+                    f"{'/'.join(variants[name])} vs {'/'.join(theirs[name])})"
+                )
+        variants = {name: value for name, value in variants.items() if name in theirs}
+    if not variants:
+        raise MeshLMError("the sweeps have no variant in common; a scaling curve needs one variant in every sweep")
+    dropped = sorted({name for r in reports for name in r["variants"]} - variants.keys())
+    if dropped:
+        log(f"note: {', '.join(dropped)} left out of the curve: not trained at every budget")
     tokens = [r["plan"]["steps"] * r["train"]["batch_tokens"] for r in reports]
     if len(set(tokens)) != len(tokens):
         raise MeshLMError(
             f"two of the sweeps train on the same number of tokens ({sorted(tokens)}); give one per budget"
         )
-    return first
+    return {"variants": variants, **first}
 
 
-def _budget(report: dict, eval_sets: list[str]) -> dict:
+def _budget(report: dict, eval_sets: list[str], variants: dict) -> dict:
     """One budget's row: loss per variant and the paired differences against each reference."""
     tokens = report["plan"]["steps"] * report["train"]["batch_tokens"]
     row = {"tokens": tokens, "steps": report["plan"]["steps"], "seeds": report["seeds"], "sweep": report["folder"]}
     for name in eval_sets:
-        losses = {v: r[name]["losses"] for v, r in report["variants"].items()}
+        losses = {v: r[name]["losses"] for v, r in report["variants"].items() if v in variants}
         row[name] = {
             "loss": {
                 v: {"mean": statistics.fmean(x), "std": sample_std(x), "n": len(x), "losses": x}
@@ -101,7 +117,7 @@ def merge(folders: list[Path]) -> dict:
     reports = [read_sweep(f) for f in folders]
     recipe = _check_same_recipe(reports)
     eval_sets = [s for s in reports[0]["eval_sets"] if all(s in r["eval_sets"] for r in reports)]
-    budgets = sorted((_budget(r, eval_sets) for r in reports), key=lambda b: b["tokens"])
+    budgets = sorted((_budget(r, eval_sets, recipe["variants"]) for r in reports), key=lambda b: b["tokens"])
     return {"recipe": recipe, "eval_sets": eval_sets, "level": LEVEL, "budgets": budgets}
 
 

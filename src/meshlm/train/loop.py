@@ -30,7 +30,7 @@ from meshlm.model import MeshLMForCausalLM
 from meshlm.train import checkpoint as ckpt
 from meshlm.train.distributed import Dist, setup_distributed, wrap_model
 from meshlm.train.hardware import measure_bf16_peak
-from meshlm.train.logging import RunLogger
+from meshlm.train.logging import RunLogger, quiet_transformers
 from meshlm.train.optim import build_optimizer, lr_at
 
 # model fields a run may override on top of the preset; all are MeshLMConfig fields
@@ -267,7 +267,8 @@ def train(cfg: TrainConfig) -> dict:
                 f"d={saved.hidden_size}) than this run asks for ({model_cfg.layout}/{model_cfg.scheme}, "
                 f"d={model_cfg.hidden_size})"
             )
-        model = MeshLMForCausalLM.from_pretrained(resumed_from)
+        with quiet_transformers():
+            model = MeshLMForCausalLM.from_pretrained(resumed_from)
         start_step, tokens_seen = state["step"], state["tokens_seen"]
     model.to(device)
     wrapped = wrap_model(model, dist, compile=cfg.compile)
@@ -299,14 +300,17 @@ def train(cfg: TrainConfig) -> dict:
         "epochs": max_steps / max(1, sampler.steps_per_epoch),
     }
     logger = RunLogger(out, dist.is_main, cfg, max_steps, start_step, run_info)
+    if cfg.compile:
+        logger.message("torch.compile: compiling the model in the first step (a minute or more, longer on CPU)")
 
     def save(step: int, loss_value: float | None) -> None:
         state = {"step": step, "tokens_seen": tokens_seen, "loss": loss_value, "run": run_info}
         model_state, opt_full = dist.full_state(wrapped, optimizer)
         if dist.is_main:
-            ckpt.save_checkpoint(
-                checkpoints, step, model, tokenizer, opt_full, state, cfg.keep_checkpoints, model_state
-            )
+            with quiet_transformers():
+                ckpt.save_checkpoint(
+                    checkpoints, step, model, tokenizer, opt_full, state, cfg.keep_checkpoints, model_state
+                )
         dist.barrier()
 
     def check_finite(loss_value: float, grad_norm: float, step: int) -> None:
@@ -381,7 +385,8 @@ def train(cfg: TrainConfig) -> dict:
     if done == max_steps:
         final_state, _ = dist.full_state(wrapped, None)
         if dist.is_main:
-            ckpt.save_model_dir(out / "model", model, tokenizer, {**summary, "run": run_info}, final_state)
+            with quiet_transformers():
+                ckpt.save_model_dir(out / "model", model, tokenizer, {**summary, "run": run_info}, final_state)
     dist.barrier()
     dist.close()
     return summary

@@ -1,8 +1,16 @@
-"""Device facts the loop and the benchmarks report against: the measured bf16 matmul peak."""
+"""Device facts the loop and the benchmarks use: the measured bf16 matmul peak, the CPU thread count."""
 
 from __future__ import annotations
 
+import math
+import os
+from pathlib import Path
+
 import torch
+
+from meshlm.errors import MeshLMError
+
+THREADS_ENV = "MESHLM_THREADS"
 
 
 def measure_bf16_peak(device: torch.device, size: int = 8192, repeats: int = 10) -> float:
@@ -25,3 +33,49 @@ def measure_bf16_peak(device: torch.device, size: int = 8192, repeats: int = 10)
     torch.cuda.synchronize(device)
     seconds = start.elapsed_time(end) / 1000 / repeats
     return 2 * size**3 / seconds
+
+
+def _physical_cores() -> int:
+    """Distinct (socket, core) pairs in /proc/cpuinfo; the logical CPU count where that is unreadable."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return os.cpu_count() or 1
+    pairs, socket = set(), "0"
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "physical id":
+            socket = value.strip()
+        elif key.strip() == "core id":
+            pairs.add((socket, value.strip()))
+    return len(pairs) or os.cpu_count() or 1
+
+
+def _cgroup_cpus() -> int | None:
+    """The CPU quota of a container (cgroup v2 ``cpu.max``), rounded up; None when there is none."""
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    return None if quota == "max" else max(1, math.ceil(int(quota) / int(period)))
+
+
+def cpu_threads() -> int:
+    """Threads for CPU compute: ``$MESHLM_THREADS``, else ``$OMP_NUM_THREADS``, else the usable cores.
+
+    Usable cores are the physical ones this process may run on (CPU affinity, container quota),
+    split over the ranks torchrun starts on this machine: more threads than cores (hyper-threads,
+    cores of other containers, other ranks' cores) only make OpenMP threads wait on each other.
+    On a machine other jobs keep busy, fewer threads are faster still: set MESHLM_THREADS=1.
+    """
+    value = os.environ.get(THREADS_ENV, "").strip()
+    if value:
+        if not value.isdigit() or int(value) < 1:
+            raise MeshLMError(f"{THREADS_ENV}={value!r} is not a positive number of threads (e.g. {THREADS_ENV}=1)")
+        return int(value)
+    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if omp.isdigit() and int(omp) >= 1:  # a nested list such as "4,2" is OpenMP's own business
+        return int(omp)
+    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = min(_physical_cores(), allowed, _cgroup_cpus() or allowed)
+    return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))

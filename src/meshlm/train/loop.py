@@ -29,7 +29,7 @@ from meshlm.errors import MeshLMError
 from meshlm.model import MeshLMForCausalLM
 from meshlm.train import checkpoint as ckpt
 from meshlm.train.distributed import Dist, setup_distributed, wrap_model
-from meshlm.train.hardware import measure_bf16_peak
+from meshlm.train.hardware import cpu_threads, measure_bf16_peak
 from meshlm.train.logging import RunLogger, quiet_transformers
 from meshlm.train.optim import build_optimizer, lr_at
 
@@ -238,6 +238,8 @@ def train(cfg: TrainConfig) -> dict:
     out = Path(cfg.out)
     dist = setup_distributed(cfg.fsdp)
     device = _resolve_device(cfg.device) if dist.world == 1 else dist.device
+    if device.type == "cpu":
+        torch.set_num_threads(cpu_threads())
     torch.manual_seed(cfg.seed)
 
     tokenizer, shards = load_run_data(cfg)
@@ -296,6 +298,7 @@ def train(cfg: TrainConfig) -> dict:
         "grad_accum": accum,
         "max_steps": max_steps,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "cpu_threads": torch.get_num_threads(),
         "peak_flops": peak,
         "epochs": max_steps / max(1, sampler.steps_per_epoch),
     }

@@ -1,0 +1,50 @@
+"""The CPU thread count of training runs: environment first, else the cores this process may use."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from conftest import tiny_run
+from meshlm.errors import MeshLMError
+from meshlm.train.hardware import cpu_threads
+from meshlm.train.loop import TrainConfig, train
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for var in ("MESHLM_THREADS", "OMP_NUM_THREADS", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    before = torch.get_num_threads()
+    yield monkeypatch
+    torch.set_num_threads(before)
+
+
+def test_environment_wins_meshlm_threads_first(clean_env):
+    clean_env.setenv("OMP_NUM_THREADS", "1")
+    assert cpu_threads() == 1
+    clean_env.setenv("MESHLM_THREADS", "3")
+    assert cpu_threads() == 3
+    clean_env.setenv("MESHLM_THREADS", "two")
+    with pytest.raises(MeshLMError, match="MESHLM_THREADS='two' is not a positive number"):
+        cpu_threads()
+
+
+def test_default_is_at_most_the_usable_cores_split_over_local_ranks(clean_env):
+    usable = cpu_threads()
+    assert 1 <= usable <= len(os.sched_getaffinity(0))
+    clean_env.setenv("OMP_NUM_THREADS", "4,2")  # OpenMP's nested form: left to OpenMP, not an error
+    assert cpu_threads() == usable
+    clean_env.setenv("LOCAL_WORLD_SIZE", str(2 * usable))
+    assert cpu_threads() == 1
+
+
+def test_a_cpu_run_uses_and_records_the_thread_count(clean_env, tmp_path):
+    (tmp_path / "doc.txt").write_text("the cat sat on the mat. " * 200)
+    wanted = 2 if torch.get_num_threads() == 1 else 1  # differs from the current count
+    clean_env.setenv("MESHLM_THREADS", str(wanted))
+    out = tmp_path / "run"
+    train(TrainConfig(**tiny_run(tmp_path / "doc.txt", out, tmp_path / "cache", max_steps=2, device="cpu")))
+    assert torch.get_num_threads() == wanted
+    assert json.loads((out / "run.json").read_text())["cpu_threads"] == wanted

@@ -136,6 +136,20 @@ def test_eval_accepts_a_training_run_folder(model_dir, tmp_path):
     assert from_run["model"]["dir"] == str(run / "model") and from_run["model"]["tokens_trained"] == TOKENS_SEEN
 
 
+def test_lambada_takes_any_data_source(model_dir, tmp_path):
+    """--lambada NAME=SOURCE reads one passage per document, e.g. a folder of .txt files or hf:DATASET."""
+    jsonl = TASKS_DIR / "lambada.jsonl"
+    folder = tmp_path / "passages"
+    folder.mkdir()
+    for i, line in enumerate(jsonl.read_text().splitlines()):
+        (folder / f"{i:02d}.txt").write_text(json.loads(line)["text"])
+    argv = ["eval", str(model_dir), "--lambada", str(jsonl), "--lambada", f"txt={folder}", "--device", "cpu"]
+    assert run_eval_cli([*argv, "--json", str(tmp_path / "r.json")]) == 0
+    result = json.loads((tmp_path / "r.json").read_text())["lambada"]
+    assert result["txt"]["examples"] == result["lambada"]["examples"] == 10
+    assert result["txt"]["perplexity"] == pytest.approx(result["lambada"]["perplexity"], rel=1e-6)
+
+
 def test_argument_parsers():
     assert parse_named("wiki=hf:wikitext:wikitext-2-raw-v1:test", "--ppl") == (
         "wiki",

@@ -68,8 +68,9 @@ def add_subcommand(subparsers) -> None:
         "--lambada",
         action="append",
         default=[],
-        metavar="[NAME=]FILE.jsonl",
-        help="LAMBADA accuracy/perplexity on a jsonl with a 'text' field, NAME defaults to the file stem "
+        metavar="[NAME=]SOURCE",
+        help="LAMBADA accuracy/perplexity on one passage per document: a jsonl with a 'text' field, or any --data "
+        "source such as hf:EleutherAI/lambada_openai:default:test; NAME defaults to the file stem "
         "(repeatable; default: none)",
     )
     p.add_argument("--tasks", help="comma-separated lm-eval tasks, e.g. piqa,arc_easy,lambada_openai (default: none)")
@@ -214,8 +215,9 @@ def evaluate_model_dir(args: argparse.Namespace) -> dict:
     for name, source in rolling_specs:
         result = rolling_document_perplexity(model, tokenizer, list(iter_documents(source)), context, **common)
         report.setdefault("rolling", {})[name] = {"source": source, **result}
-    for name, path in lambada_specs:
-        report.setdefault("lambada", {})[name] = {"source": path, **lambada(model, tokenizer, path, **common)}
+    for name, source in lambada_specs:
+        records = [{"text": text} for text in iter_documents(source)]
+        report.setdefault("lambada", {})[name] = {"source": source, **lambada(model, tokenizer, records, **common)}
     limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
     for n in shots if tasks else []:
         report.setdefault("harness", {})[str(n)] = run_harness(

@@ -373,6 +373,8 @@ def train(cfg: TrainConfig) -> dict:
                     "mfu": mfu,
                     "epoch": sampler.epoch_of(step),
                 }
+                if device.type == "cuda":  # what a run of this shape needs (compare --parallel, bench/)
+                    record["max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
                 if eval_now:
                     record["val_loss"] = evaluate(wrapped, val, dist, device, autocast)
                     record["val_ppl"] = math.exp(min(record["val_loss"], 50))

@@ -100,6 +100,15 @@ def test_preset_is_restricted_to_the_presets(capsys):
     assert "invalid choice: 'pythia-99m'" in capsys.readouterr().err
 
 
+def test_compare_takes_no_scheme_flag_each_variant_names_its_own(capsys):
+    compare = dict(all_parsers(build_parser()))["meshlm compare"]
+    flags = {flag for action in compare._actions for flag in action.option_strings}
+    assert "--variants" in flags and not {"--scheme", "--resume"} & flags
+    with pytest.raises(SystemExit):
+        main(["compare", "--data", "d", "--out", "o", "--scheme", "mesh"])
+    assert "unrecognized arguments: --scheme mesh" in capsys.readouterr().err
+
+
 def test_log_line_format():
     record = {"step": 20, "loss": 5.123456, "val_loss": 5.2, "tokens_per_s": 12345.6, "mfu": 0.4123}
     assert (

@@ -28,6 +28,10 @@ SUBCOMMANDS = {
     "eval": ("meshlm.eval.cli", "evaluate a model dir: perplexity, LAMBADA, LM Evaluation Harness tasks"),
     "probe": ("meshlm.probe.cli", "diagnostics of recursion: update magnitude, CKA, spectra, MeSH routers (+ figures)"),
     "compare": ("meshlm.compare", "train, evaluate and probe variants at matched compute"),
+    "scaling": (
+        "meshlm.compare",
+        "merge finished sweeps of one recipe at different token budgets into a scaling report",
+    ),
     "demo": ("meshlm.compare", "the embedded default: a tiny vanilla/base/anchor/mesh comparison on CPU"),
 }
 

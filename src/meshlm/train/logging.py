@@ -33,7 +33,7 @@ class RunLogger:
         if cfg.progress:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=max_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+            self.bar = tqdm(total=max_steps, initial=start_step, desc=out.name, unit="step", dynamic_ncols=True)
 
     def _truncate_after(self, step: int) -> None:
         """On resume, drop log lines past the checkpoint so the log reads as one uninterrupted run."""

@@ -8,6 +8,7 @@ import torch
 
 from conftest import tiny_run
 from meshlm.errors import MeshLMError
+from meshlm.train import hardware
 from meshlm.train.hardware import cpu_threads
 from meshlm.train.loop import TrainConfig, train
 
@@ -31,12 +32,17 @@ def test_environment_wins_meshlm_threads_first(clean_env):
         cpu_threads()
 
 
-def test_default_is_at_most_the_usable_cores_split_over_local_ranks(clean_env):
-    usable = cpu_threads()
-    assert 1 <= usable <= len(os.sched_getaffinity(0))
+def test_default_is_the_free_usable_cores_split_over_local_ranks(clean_env):
+    cores = len(os.sched_getaffinity(0))
+    clean_env.setattr(hardware, "_load_of_others", lambda: 0.0)  # an idle machine
+    assert 1 <= cpu_threads() <= cores
+    idle = cpu_threads()
     clean_env.setenv("OMP_NUM_THREADS", "4,2")  # OpenMP's nested form: left to OpenMP, not an error
-    assert cpu_threads() == usable
-    clean_env.setenv("LOCAL_WORLD_SIZE", str(2 * usable))
+    assert cpu_threads() == idle
+    clean_env.setenv("LOCAL_WORLD_SIZE", str(2 * idle))
+    assert cpu_threads() == 1
+    clean_env.delenv("LOCAL_WORLD_SIZE")
+    clean_env.setattr(hardware, "_load_of_others", lambda: 4.0 * (os.cpu_count() or 1))  # other jobs everywhere
     assert cpu_threads() == 1
 
 

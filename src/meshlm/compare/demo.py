@@ -8,6 +8,7 @@ from pathlib import Path
 from meshlm.compare.plan import Sweep, Variant, log
 from meshlm.compare.report import print_report
 from meshlm.compare.run import run_sweep
+from meshlm.train.hardware import cpu_threads
 from meshlm.train.loop import TrainConfig
 
 DEMO = dict(
@@ -56,7 +57,8 @@ def run_demo(args) -> int:
     )
     log(
         f"meshlm demo: {', '.join(DEMO_VARIANTS)} on {DEMO['data']} ({DEMO['tokenizer']}), layout "
-        f"{DEMO['layout']} vs its vanilla twin, d={DEMO['hidden_size']}, {train_cfg.max_steps} steps each, CPU"
+        f"{DEMO['layout']} vs its vanilla twin, d={DEMO['hidden_size']}, {train_cfg.max_steps} steps each, "
+        f"CPU with {cpu_threads()} thread(s) (MESHLM_THREADS=N to choose)"
     )
     run_sweep(sweep)
     print_report(out)

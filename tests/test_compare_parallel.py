@@ -1,6 +1,7 @@
 """``meshlm compare --parallel``: runs as subprocesses give the sequential results bitwise, resume, and fail cleanly."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -88,3 +89,38 @@ def test_parallel_flag_is_checked(tmp_path):
     sweep = sweep_from_args(args)
     assert sweep.parallel == 3
     assert sweep.run_config(Variant.parse("mesh"), 0).compile  # --compile reaches every run
+
+
+def test_sigterm_to_the_sweep_stops_every_run_with_a_checkpoint(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sweep = _sweep(tmp_path, "term", ["base", "mesh"], parallel=2)
+    cfg = sweep.train
+    argv = [
+        *("compare", "--data", cfg.data, "--tokenizer", cfg.tokenizer, "--out", str(sweep.out)),
+        *("--hidden-size", "32", "--num-attention-heads", "4", "--layout", cfg.layout, "--seq-len", "32"),
+        *("--batch-tokens", "256", "--max-steps", "100000", "--log-every", "1", "--eval-batches", "2"),
+        *("--no-progress", "--no-tensorboard", "--cache-dir", cfg.cache_dir, "--device", "cpu"),
+        *("--variants", "base,mesh", "--parallel", "2", "--probe-samples", "0", "--allow-repeat"),
+    ]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH")])
+        ),
+    }
+    proc = subprocess.Popen([sys.executable, "-m", "meshlm.cli", *argv], stderr=subprocess.PIPE, text=True, env=env)
+    logs = [sweep.run_dir(Variant.parse(v), 0) / "log.jsonl" for v in ("base", "mesh")]
+    deadline = time.monotonic() + 300
+    while not all(p.exists() and p.read_text().strip() for p in logs):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "slow"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=300)[1].strip().splitlines()
+    assert proc.returncode == 2 and err[-1].startswith("error: interrupted; the runs saved checkpoints"), err
+    for log in logs:
+        assert list((log.parent / "checkpoints").iterdir())  # each run stopped through its own checkpoint save

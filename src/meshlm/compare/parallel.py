@@ -7,7 +7,7 @@ CPU, see the tests), logging to its own folder and ``train.log``. Before startin
 training step of every variant and one evaluation batch are measured in this process, and N is
 lowered (with a message) to what fits in the free GPU memory. A run that fails stops the sweep
 with its one error line; the others get SIGTERM, which makes them save a checkpoint, so running
-the same command again resumes every run.
+the same command again resumes every run. Ctrl-C or SIGTERM to the sweep stops the runs the same way.
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def _package_root() -> str:
     return str(Path(meshlm.__file__).resolve().parents[1])
 
 
-def _launch(cfg: TrainConfig) -> tuple[subprocess.Popen, Path]:
+def launch(cfg: TrainConfig) -> tuple[subprocess.Popen, Path]:
     """Start ``meshlm train`` on ``cfg`` (written to the run folder) with its output in ``train.log``."""
     import yaml
 
@@ -121,7 +121,7 @@ def _launch(cfg: TrainConfig) -> tuple[subprocess.Popen, Path]:
     return proc, log_path
 
 
-def _error_line(log_path: Path) -> str:
+def error_line(log_path: Path) -> str:
     """The run's ``error: ...`` line, else the last line it wrote (a traceback's last line)."""
     lines = [ln.strip() for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]
     errors = [ln for ln in lines if ln.startswith("error: ")]
@@ -143,11 +143,12 @@ def train_parallel(
     """Train ``pending`` runs, ``n`` at a time; ``on_done(variant, seed)`` after each that exits cleanly."""
     queue = list(pending)
     running: dict[subprocess.Popen, tuple[Variant, int, Path]] = {}
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # e.g. `timeout`: stop the runs with checkpoints too
     try:
         while queue or running:
             while queue and len(running) < n:
                 variant, seed = queue.pop(0)
-                proc, log_path = _launch(sweep.run_config(variant, seed))
+                proc, log_path = launch(sweep.run_config(variant, seed))
                 log(f"[train] {variant.name} seed {seed} -> {log_path.parent} (pid {proc.pid}, log {log_path.name})")
                 running[proc] = (variant, seed, log_path)
             time.sleep(POLL_SECONDS)
@@ -156,10 +157,16 @@ def train_parallel(
                 if proc.returncode != 0:
                     _stop(running)
                     raise MeshLMError(
-                        f"run {variant.name} seed {seed} failed: {_error_line(log_path)} (log {log_path}); "
+                        f"run {variant.name} seed {seed} failed: {error_line(log_path)} (log {log_path}); "
                         "the other runs saved checkpoints, run the same command again to continue them"
                     )
                 on_done(variant, seed)
     except KeyboardInterrupt:
         _stop(running)
         raise MeshLMError("interrupted; the runs saved checkpoints, run the same command again to continue") from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt

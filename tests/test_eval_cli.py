@@ -1,6 +1,7 @@
 """``meshlm eval`` on a saved tiny model dir, and the Table 1 helpers."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -121,6 +122,32 @@ def test_eval_user_errors(model_dir, corpus, extra, message):
 def test_eval_refuses_a_folder_without_a_model(tmp_path):
     with pytest.raises(MeshLMError, match="not a model folder"):
         run_eval_cli(["eval", str(tmp_path), "--lambada", "x.jsonl"])
+
+
+def test_eval_accepts_a_training_run_folder(model_dir, tmp_path):
+    """``meshlm eval RUN_DIR`` evaluates RUN_DIR/model, as ``meshlm probe RUN_DIR`` does."""
+    run = tmp_path / "run"
+    shutil.copytree(model_dir, run / "model")
+    argv = ["--lambada", str(TASKS_DIR / "lambada.jsonl"), "--device", "cpu", "--json"]
+    assert run_eval_cli(["eval", str(run), *argv, str(tmp_path / "run.json")]) == 0
+    assert run_eval_cli(["eval", str(model_dir), *argv, str(tmp_path / "dir.json")]) == 0
+    from_run, from_dir = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("run", "dir"))
+    assert from_run["lambada"] == from_dir["lambada"]
+    assert from_run["model"]["dir"] == str(run / "model") and from_run["model"]["tokens_trained"] == TOKENS_SEEN
+
+
+def test_lambada_takes_any_data_source(model_dir, tmp_path):
+    """--lambada NAME=SOURCE reads one passage per document, e.g. a folder of .txt files or hf:DATASET."""
+    jsonl = TASKS_DIR / "lambada.jsonl"
+    folder = tmp_path / "passages"
+    folder.mkdir()
+    for i, line in enumerate(jsonl.read_text().splitlines()):
+        (folder / f"{i:02d}.txt").write_text(json.loads(line)["text"])
+    argv = ["eval", str(model_dir), "--lambada", str(jsonl), "--lambada", f"txt={folder}", "--device", "cpu"]
+    assert run_eval_cli([*argv, "--json", str(tmp_path / "r.json")]) == 0
+    result = json.loads((tmp_path / "r.json").read_text())["lambada"]
+    assert result["txt"]["examples"] == result["lambada"]["examples"] == 10
+    assert result["txt"]["perplexity"] == pytest.approx(result["lambada"]["perplexity"], rel=1e-6)
 
 
 def test_argument_parsers():

@@ -58,26 +58,23 @@ def models(corpus, cache, tmp_path_factory):
     return folders
 
 
-def meshlm_main(argv, monkeypatch) -> int:
-    """``meshlm.cli.main`` with the probe subcommand registered (once, whether or not cli.py lists it)."""
-    modules = tuple(dict.fromkeys((*meshlm.cli.SUBCOMMAND_MODULES, "meshlm.probe.cli")))
-    monkeypatch.setattr(meshlm.cli, "SUBCOMMAND_MODULES", modules)
+def meshlm_main(argv) -> int:
+    """``meshlm.cli.main`` on ``argv`` made strings."""
     return meshlm.cli.main([str(a) for a in argv])
 
 
-def probe(model_dir, out, corpus, cache, monkeypatch, *extra) -> int:
+def probe(model_dir, out, corpus, cache, *extra) -> int:
     args = ["probe", model_dir, "--data", corpus, "--samples", 6, "--seq-len", SEQ, "--batch-size", 4]
-    return meshlm_main([*args, "--out", out, "--cache-dir", cache, "--spectrum-k", 8, *extra], monkeypatch)
+    return meshlm_main([*args, "--out", out, "--cache-dir", cache, "--spectrum-k", 8, *extra])
 
 
 @pytest.fixture(scope="module")
 def probed(models, corpus, cache, tmp_path_factory):
     """Probe outputs of both models, made once for the tests that read them."""
     out = tmp_path_factory.mktemp("probes")
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        assert probe(models["mesh"], out / "mesh", corpus, cache, monkeypatch) == 0
-        extra = ("--split", "1+1+1+1+1+1", "--linear-cka")
-        assert probe(models["vanilla"], out / "vanilla", corpus, cache, monkeypatch, *extra) == 0
+    assert probe(models["mesh"], out / "mesh", corpus, cache) == 0
+    extra = ("--split", "1+1+1+1+1+1", "--linear-cka")
+    assert probe(models["vanilla"], out / "vanilla", corpus, cache, *extra) == 0
     return {name: out / name for name in ("mesh", "vanilla")}
 
 
@@ -108,18 +105,18 @@ def test_probe_of_a_vanilla_model_uses_the_split_and_linear_cka(probed):
     assert sorted(p.name for p in probed["vanilla"].glob("*.png")) == sorted(names)
 
 
-def test_probe_prints_a_summary(models, corpus, cache, tmp_path, monkeypatch, capsys):
-    assert probe(models["mesh"], tmp_path, corpus, cache, monkeypatch, "--no-figures", "--kernel", "linear") == 0
+def test_probe_prints_a_summary(models, corpus, cache, tmp_path, capsys):
+    assert probe(models["mesh"], tmp_path, corpus, cache, "--no-figures", "--kernel", "linear") == 0
     out = capsys.readouterr().out
     assert "mesh 1+2R2+1 (n=6, seq 16)" in out and "update magnitude  prelude" in out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["probe.json"]
     assert json.loads((tmp_path / "probe.json").read_text())["cka"]["sigma_frac"] is None
 
 
-def test_compare_of_probe_outputs_puts_models_side_by_side(probed, tmp_path, monkeypatch):
+def test_compare_of_probe_outputs_puts_models_side_by_side(probed, tmp_path):
     out = tmp_path / "both"
     argv = ["probe", "--compare", probed["vanilla"], probed["mesh"], "--labels", "base,MeSH", "--out", out]
-    assert meshlm_main(argv, monkeypatch) == 0
+    assert meshlm_main(argv) == 0
     listing = json.loads((out / "compare.json").read_text())
     assert [m["label"] for m in listing["models"]] == ["base", "MeSH"]
     names = ["update_magnitude.png", "cka.png", "spectra.png", "cka_core_outputs.png", "routers.png"]
@@ -128,12 +125,12 @@ def test_compare_of_probe_outputs_puts_models_side_by_side(probed, tmp_path, mon
         assert png_size(out / name)[0] > 1.6 * png_size(probed["mesh"] / name)[0]
 
 
-def test_compare_probes_model_folders_it_is_given(models, corpus, cache, tmp_path, monkeypatch):
+def test_compare_probes_model_folders_it_is_given(models, corpus, cache, tmp_path):
     run_dir = tmp_path / "run"  # a training run folder: the model lives in run/model
     shutil.copytree(models["mesh"], run_dir / "model")
     argv = ["probe", "--compare", run_dir, models["vanilla"], "--out", tmp_path / "cmp", "--data", corpus]
     argv += ["--samples", 3, "--seq-len", SEQ, "--cache-dir", cache, "--split", "3+1+1+1", "--no-figures"]
-    assert meshlm_main(argv, monkeypatch) == 0
+    assert meshlm_main(argv) == 0
     mesh = json.loads((tmp_path / "cmp" / "01-run" / "probe.json").read_text())
     vanilla = json.loads((tmp_path / "cmp" / "02-vanilla" / "probe.json").read_text())
     assert mesh["model"]["probed_as"] == "1+2R2+1" and mesh["model"]["dir"] == str(run_dir / "model")
@@ -143,8 +140,8 @@ def test_compare_probes_model_folders_it_is_given(models, corpus, cache, tmp_pat
     assert listing["models"][1]["result"] == str(tmp_path / "cmp" / "02-vanilla" / "probe.json")
 
 
-def test_too_small_val_split_falls_back_to_train(models, corpus, cache, tmp_path, monkeypatch, capsys):
-    assert probe(models["vanilla"], tmp_path, corpus, cache, monkeypatch, "--samples", 30, "--no-figures") == 0
+def test_too_small_val_split_falls_back_to_train(models, corpus, cache, tmp_path, capsys):
+    assert probe(models["vanilla"], tmp_path, corpus, cache, "--samples", 30, "--no-figures") == 0
     assert json.loads((tmp_path / "probe.json").read_text())["data"]["split"] == "train"
     assert "note: the val split" in capsys.readouterr().err
 
@@ -156,7 +153,7 @@ def error_line(capsys) -> str:
     return err[-1]
 
 
-def test_bad_inputs_give_exit_2_and_one_error_line(probed, models, corpus, cache, tmp_path, monkeypatch, capsys):
+def test_bad_inputs_give_exit_2_and_one_error_line(probed, models, corpus, cache, tmp_path, capsys):
     foreign = tmp_path / "gpt2"
     foreign.mkdir()
     (foreign / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
@@ -176,7 +173,7 @@ def test_bad_inputs_give_exit_2_and_one_error_line(probed, models, corpus, cache
         (["probe", models["mesh"], "--labels", "a", "--data", corpus, "--out", out], "use it with --compare"),
     ]
     for argv, message in cases:
-        assert meshlm_main(argv, monkeypatch) == 2, argv
+        assert meshlm_main(argv) == 2, argv
         assert message in error_line(capsys), argv
     data_cases = [
         (["--samples", 100000], "too few windows"),
@@ -185,6 +182,6 @@ def test_bad_inputs_give_exit_2_and_one_error_line(probed, models, corpus, cache
         (["--sigma-frac", 0], "sigma_frac must be a positive"),
     ]
     for extra, message in data_cases:
-        assert probe(models["mesh"], out, corpus, cache, monkeypatch, *extra) == 2, extra
+        assert probe(models["mesh"], out, corpus, cache, *extra) == 2, extra
         assert message in error_line(capsys), extra
     assert not out.exists()

@@ -41,7 +41,9 @@ def sweep_from_args(args) -> Sweep:
         out=Path(train_cfg.out),
         evals=evals,
         eval_tokens=args.eval_tokens or extra.get("eval_tokens") or Sweep.eval_tokens,
-        probe_samples=args.probe_samples if args.probe_samples is not None else extra.get("probe_samples", 16),
+        probe_samples=args.probe_samples
+        if args.probe_samples is not None
+        else extra.get("probe_samples", Sweep.probe_samples),
         allow_repeat=bool(args.allow_repeat or extra.get("allow_repeat", False)),
         parallel=_parallel(args.parallel if args.parallel is not None else extra.get("parallel", 1)),
     )
@@ -75,22 +77,31 @@ def add_subcommand(subparsers) -> None:
     from meshlm.train.cli import add_train_arguments
 
     parser = subparsers.add_parser("compare", help="train, evaluate and probe variants at matched compute")
-    add_train_arguments(parser)
+    add_train_arguments(parser, skip=("scheme", "resume"))  # each variant names its scheme; runs always resume
     parser.add_argument(
         "--variants",
         help="comma list: vanilla, base, residual, anchor, anchor*, a+b, static, "
         "dynamic, mesh (default: vanilla,base,residual,anchor,anchor*,mesh)",
     )
-    parser.add_argument("--seeds", help="comma list of seeds (default 0)")
-    parser.add_argument("--eval", action="append", metavar="NAME=SOURCE", help="extra held-out eval set (repeatable)")
-    parser.add_argument("--eval-tokens", type=int, help="tokens per eval set (default 262144)")
-    parser.add_argument("--probe-samples", type=int, help="held-out windows probed per variant (0 = no probe)")
-    parser.add_argument("--allow-repeat", action="store_true", help="allow a budget of more than one epoch")
+    parser.add_argument("--seeds", help="comma list of seeds (default: 0)")
+    parser.add_argument(
+        "--eval", action="append", metavar="NAME=SOURCE", help="extra held-out eval set (repeatable; default: none)"
+    )
+    parser.add_argument("--eval-tokens", type=int, help=f"tokens per eval set (default: {Sweep.eval_tokens})")
+    parser.add_argument(
+        "--probe-samples",
+        type=int,
+        help=f"held-out windows probed per variant, 0 = no probe (default: {Sweep.probe_samples})",
+    )
+    parser.add_argument(
+        "--allow-repeat", action="store_true", help="allow a budget of more than one epoch (default: off)"
+    )
     parser.add_argument(
         "--parallel",
         type=int,
         metavar="N",
-        help="train up to N runs at once as subprocesses on the device (lowered to what fits in GPU memory)",
+        help="train up to N runs at once as subprocesses on the device, lowered to what fits in GPU memory "
+        "(default: 1)",
     )
     parser.set_defaults(func=_run_compare)
     scaling = subparsers.add_parser(
@@ -100,7 +111,9 @@ def add_subcommand(subparsers) -> None:
     scaling.add_argument("--out", required=True, help="folder for scaling.md, scaling.json, scaling.png")
     scaling.set_defaults(func=_run_scaling)
     demo = subparsers.add_parser("demo", help="the embedded default: a tiny vanilla/base/anchor/mesh comparison on CPU")
-    demo.add_argument("--out", default="meshlm-demo", help="report folder (default ./meshlm-demo)")
-    demo.add_argument("--max-steps", type=int, help=f"steps per variant (default {DEMO['max_steps']})")
-    demo.add_argument("--cache-dir", help="where tokenizers and shards are cached")
+    demo.add_argument("--out", default="meshlm-demo", help="report folder (default: ./meshlm-demo)")
+    demo.add_argument("--max-steps", type=int, help=f"steps per variant (default: {DEMO['max_steps']})")
+    demo.add_argument(
+        "--cache-dir", help="where tokenizers and shards are cached (default: $MESHLM_CACHE or ~/.cache/meshlm)"
+    )
     demo.set_defaults(func=run_demo)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from meshlm.compare.plan import Sweep, Variant, log
 from meshlm.compare.report import print_report
 from meshlm.compare.run import run_sweep
+from meshlm.train.hardware import cpu_threads
 from meshlm.train.loop import TrainConfig
 
 DEMO = dict(
@@ -28,10 +30,21 @@ DEMO = dict(
 DEMO_VARIANTS = ("vanilla", "base", "anchor", "mesh")
 
 
+def _disk_usage(folder: Path) -> str:
+    files = [f for f in folder.rglob("*") if f.is_file()]
+    return f"{sum(f.stat().st_size for f in files) / 1e6:.1f} MB in {len(files)} files"
+
+
 def run_demo(args) -> int:
-    """Run the embedded demo sweep into ``args.out`` and print its report."""
+    """Run the embedded demo sweep into ``args.out`` and print its report.
+
+    Training shows a progress bar per variant on a terminal, plain log lines otherwise (a log file, CI).
+    """
     out = Path(args.out)
-    train_cfg = TrainConfig(**DEMO, out=str(out), progress=False, tensorboard=False, cache_dir=args.cache_dir)
+    log(f"meshlm demo writes its runs, report and figures into {out.resolve()}/ (delete it when done)")
+    train_cfg = TrainConfig(
+        **DEMO, out=str(out), progress=sys.stderr.isatty(), tensorboard=False, cache_dir=args.cache_dir
+    )
     if args.max_steps:
         train_cfg.max_steps = args.max_steps
     sweep = Sweep(
@@ -44,8 +57,10 @@ def run_demo(args) -> int:
     )
     log(
         f"meshlm demo: {', '.join(DEMO_VARIANTS)} on {DEMO['data']} ({DEMO['tokenizer']}), layout "
-        f"{DEMO['layout']} vs its vanilla twin, d={DEMO['hidden_size']}, {train_cfg.max_steps} steps each, CPU"
+        f"{DEMO['layout']} vs its vanilla twin, d={DEMO['hidden_size']}, {train_cfg.max_steps} steps each, "
+        f"CPU with {cpu_threads()} thread(s) (MESHLM_THREADS=N to choose)"
     )
     run_sweep(sweep)
     print_report(out)
+    log(f"{out}/ holds {_disk_usage(out)}")
     return 0

@@ -13,6 +13,8 @@ from meshlm.compare.stats import LEVEL, fmt_pm, interval, sample_std
 
 # the references every variant is paired against, when the sweep has them
 REFERENCES = ("anchor", "vanilla")
+# share of training left out of the loss plot's y-range (the initial fall from ln(vocab))
+LOSS_RANGE_SKIP = 0.1
 
 
 def summarize(sweep: Sweep, planned: dict, evals: dict) -> dict:
@@ -46,13 +48,14 @@ def summarize(sweep: Sweep, planned: dict, evals: dict) -> dict:
                 for ref in REFERENCES
                 if ref in table and ref != variant
             }
-    gaps = {}
+    gaps, gap_noise = {}, {}
     if "vanilla" in table and "base" in table:
         for name in names:
             base, van = table["base"][name]["loss_mean"], table["vanilla"][name]["loss_mean"]
             for variant in table:
                 table[variant][name]["delta_vs_vanilla"] = table[variant][name]["loss_mean"] - van
-            if abs(base - van) > 1e-12:
+            gap_noise[name] = _gap_noise(table["base"][name]["paired"]["vanilla"])
+            if gap_noise[name] != "within noise" and abs(base - van) > 1e-12:
                 gaps[name] = {
                     v: (base - table[v][name]["loss_mean"]) / (base - van)
                     for v in table
@@ -70,7 +73,16 @@ def summarize(sweep: Sweep, planned: dict, evals: dict) -> dict:
         "runs": runs,
         "variants": table,
         "gap_closure": gaps,
+        "gap_noise": gap_noise,
     }
+
+
+def _gap_noise(base_minus_vanilla: dict) -> str:
+    """Whether the base-vanilla gap a gap closure divides by is real: "significant", "within noise"
+    (its paired interval holds 0, so the ratio would be noise over noise) or "one seed" (unknown)."""
+    if base_minus_vanilla["low"] is None:
+        return "one seed"
+    return "within noise" if base_minus_vanilla["low"] <= 0 <= base_minus_vanilla["high"] else "significant"
 
 
 def _paired_cell(row: dict, ref: str) -> str:
@@ -127,15 +139,23 @@ def report_markdown(summary: dict, sweep: Sweep) -> str:
                 bounds = "n/a" if p["low"] is None else f"[{p['low']:+.4f}, {p['high']:+.4f}]"
                 per_seed = ", ".join(f"{d:+.4f}" for d in p["values"])
                 lines.append(f"- {name}: {variant} - {ref} = {p['mean']:+.4f}, CI {bounds} (per seed: {per_seed})")
-    if summary["gap_closure"]:
+    if summary.get("gap_noise"):
         lines += [
             "",
             "Gap closure `(base - variant) / (base - vanilla)` of mean held-out loss "
-            "(1 = reaches vanilla, 0 = no better than base):",
+            "(1 = reaches vanilla, 0 = no better than base), where the base-vanilla gap is larger than "
+            f"the noise (its paired {LEVEL:.0%} interval excludes 0):",
             "",
         ]
-        for name, gaps in summary["gap_closure"].items():
-            lines.append(f"- {name}: " + ", ".join(f"{v} {g:+.2f}" for v, g in gaps.items()))
+        for name, noise in summary["gap_noise"].items():
+            gap = summary["variants"]["base"][name]["paired"]["vanilla"]
+            if noise == "within noise":
+                bounds = f"[{gap['low']:+.4f}, {gap['high']:+.4f}]"
+                lines.append(f"- {name}: none, base and vanilla are within noise (base - vanilla {bounds})")
+            elif name in summary["gap_closure"]:
+                gaps = ", ".join(f"{v} {g:+.2f}" for v, g in summary["gap_closure"][name].items())
+                caveat = f" (one seed: the noise of base - vanilla = {gap['mean']:+.4f} is unknown)"
+                lines.append(f"- {name}: {gaps}" + (caveat if noise == "one seed" else ""))
     lines += [
         "",
         "Files: `report.json` (every number), `loss_curves.png`, `probe/` (diagnostics side by side), "
@@ -144,15 +164,30 @@ def report_markdown(summary: dict, sweep: Sweep) -> str:
     return "\n".join(lines) + "\n"
 
 
+def loss_range(points: list[tuple[float, float]], skip_frac: float = LOSS_RANGE_SKIP) -> tuple[float, float]:
+    """y-range of the loss plot: every (tokens, loss) point past the first ``skip_frac`` of training, 5% margins.
+
+    The first steps fall from ln(vocab) and would squash the differences between variants, which
+    are what the plot is for.
+    """
+    last = max(t for t, _ in points)
+    kept = [loss for t, loss in points if t > skip_frac * last] or [loss for _, loss in points]
+    low, high = min(kept), max(kept)
+    margin = 0.05 * (high - low) or 0.05
+    return low - margin, high + margin
+
+
 def plot_loss_curves(sweep: Sweep, path: Path) -> Path | None:
     """Training loss (mean over seeds) and held-out points of every variant against tokens, one plot."""
     try:
         from matplotlib.figure import Figure
+        from matplotlib.lines import Line2D
     except ImportError:
         log("note: matplotlib is not installed, no loss_curves.png (pip install 'meshlm[plot]')")
         return None
     fig = Figure(figsize=(8, 5), dpi=120)
     ax = fig.add_subplot()
+    points, handles = [], []
     for variant in sweep.variants:
         curves = []
         for seed in sweep.seeds:
@@ -162,20 +197,24 @@ def plot_loss_curves(sweep: Sweep, path: Path) -> Path | None:
         tokens = [curves[0][i]["tokens"] for i in range(n)]
         loss = [statistics.fmean(c[i]["loss"] for c in curves) for i in range(n)]
         (line,) = ax.plot(tokens, loss, label=variant.name, linewidth=1.2)
+        handles.append(line)
+        points += zip(tokens, loss, strict=True)
         val = [(r["tokens"], r["val_loss"]) for r in curves[0] if "val_loss" in r]
         if val:
-            ax.plot(*zip(*val, strict=True), "o", color=line.get_color(), markersize=3)
+            ax.plot(*zip(*val, strict=True), "o", color=line.get_color(), markersize=4)
+            points += val
+    held_out = Line2D([], [], color="0.4", marker="o", linestyle="", markersize=4)
+    ax.legend([*handles, held_out], [*(h.get_label() for h in handles), "held-out loss (first seed)"])
     ax.set_xlabel("training tokens")
     ax.set_ylabel("loss (nats/token)")
-    ax.set_title("Training loss (lines, mean over seeds) and held-out loss (dots, first seed)")
+    seeds = f"mean over {len(sweep.seeds)} seeds" if len(sweep.seeds) > 1 else "one seed"
+    ax.set_title(
+        f"Training loss (lines, {seeds}) and held-out loss (dots)\n"
+        f"y-axis fitted to the last {1 - LOSS_RANGE_SKIP:.0%} of training",
+        fontsize=11,
+    )
     ax.grid(alpha=0.3)
-    ax.legend()
-    lows = [
-        min(json.loads(x)["loss"] for x in (sweep.run_dir(v, s) / "log.jsonl").read_text().splitlines())
-        for v in sweep.variants
-        for s in sweep.seeds
-    ]
-    ax.set_ylim(min(lows) - 0.1, min(lows) + 2.5)
+    ax.set_ylim(*loss_range(points))
     fig.tight_layout()
     fig.savefig(path)
     return path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from meshlm.compare.report import plot_loss_curves, report_markdown, summarize
 from meshlm.data.shards import load_tokens
 from meshlm.data.view import TokenView
 from meshlm.errors import MeshLMError
+from meshlm.train.logging import quiet_transformers
 from meshlm.train.loop import load_run_data
 
 
@@ -42,7 +44,8 @@ def evaluate_run(sweep: Sweep, run_dir: Path, eval_sets: dict) -> dict:
     cached = run_dir / "eval.json"
     if cached.exists():
         return json.loads(cached.read_text())
-    model = AutoModelForCausalLM.from_pretrained(run_dir / "model")
+    with quiet_transformers():
+        model = AutoModelForCausalLM.from_pretrained(run_dir / "model")
     device = sweep.train.device or ("cuda" if torch.cuda.is_available() else "cpu")
     seq = sweep.train.seq_len
     result = {
@@ -75,10 +78,20 @@ def probe_variants(sweep: Sweep) -> list[Path]:
     return write_figures(results, sweep.out / "probe")
 
 
+def check_optional_dependencies(sweep: Sweep) -> None:
+    """Refuse a sweep before any training when a package its last step needs is missing."""
+    if sweep.probe_samples > 0 and importlib.util.find_spec("matplotlib") is None:
+        raise MeshLMError(
+            "the probe figures of the sweep need matplotlib: pip install 'meshlm[plot]' "
+            "(or pass --probe-samples 0 to skip probing)"
+        )
+
+
 def run_sweep(sweep: Sweep) -> dict:
     """Train, evaluate, probe and report every variant x seed; skips what is already done."""
     from meshlm.train.loop import train
 
+    check_optional_dependencies(sweep)
     tokenizer, shards = load_run_data(sweep.train)
     planned = plan(sweep, (tokenizer, shards))
     sweep.out.mkdir(parents=True, exist_ok=True)

@@ -89,7 +89,12 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
         help="builtin:NAME, a .txt/.jsonl/.parquet file, folder or glob, or hf:DATASET[:CONFIG][:SPLIT]; "
         "repeat to concatenate sources (bpe:N trains on the first)",
     )
-    prepare.add_argument("--tokenizer", required=True, metavar="TOK", help="neox, bpe:N, a tokenizer.json or HF name")
+    prepare.add_argument(
+        "--tokenizer",
+        required=True,
+        metavar="TOK",
+        help="neox (needs meshlm[neox]), bpe:N, a tokenizer.json or HF name",
+    )
     prepare.add_argument("--out", required=True, metavar="DIR", help="shard folder to create")
     prepare.add_argument(
         "--val-fraction", type=float, default=0.01, metavar="F", help="share of documents held out (by text hash)"
@@ -98,7 +103,11 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
         "--shard-tokens", type=int, default=DEFAULT_SHARD_TOKENS, metavar="N", help="tokens per .bin file at most"
     )
     prepare.add_argument("--overwrite", action="store_true", help="replace a different shard set already at --out")
-    prepare.add_argument("--cache-dir", metavar="DIR", help="where trained bpe:N tokenizers are cached")
+    prepare.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="where trained bpe:N tokenizers are cached (default: $MESHLM_CACHE or ~/.cache/meshlm)",
+    )
     prepare.set_defaults(func=_prepare)
 
     info = commands.add_parser("info", help="describe a shard folder")

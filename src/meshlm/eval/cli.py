@@ -25,6 +25,7 @@ from meshlm.eval.perplexity import documents_to_stream, rolling_document_perplex
 from meshlm.eval.scoring import check_context, model_max_length, prepare_model
 from meshlm.eval.tables import report_markdown, table1_row
 from meshlm.hub import refuse_foreign_code
+from meshlm.train.logging import quiet_transformers
 
 SHARD_SPLIT = "val"
 
@@ -41,54 +42,66 @@ def add_subcommand(subparsers) -> None:
             "lambada_openai and lambada_standard."
         ),
     )
-    p.add_argument("model_dir", help="folder written by training (or any HF causal LM folder)")
+    p.add_argument("model_dir", help="model folder (a training run folder holding model/, or any HF causal LM folder)")
     p.add_argument(
         "--ppl",
         action="append",
         default=[],
         metavar="NAME=SOURCE",
-        help="token-level perplexity over SOURCE's documents joined as EOS doc EOS doc ... (repeatable)",
+        help="token-level perplexity over SOURCE's documents joined as EOS doc EOS doc ... (repeatable; default: none)",
     )
     p.add_argument("--context", type=int, help="tokens per forward pass (default: the model's maximum)")
     p.add_argument("--stride", type=int, help="tokens newly scored per window for --ppl (default: --context)")
     p.add_argument(
         "--max-tokens",
         type=int,
-        help="cap each --ppl stream near N tokens (text: after the document reaching N; shards: exactly N)",
+        help="cap each --ppl stream near N tokens (text: after the document reaching N; shards: exactly N) "
+        "(default: no cap)",
     )
     p.add_argument(
         "--rolling",
         action="append",
         default=[],
         metavar="NAME=SOURCE",
-        help="document-level rolling perplexity as lm-eval's wikitext computes it (repeatable)",
+        help="document-level rolling perplexity as lm-eval's wikitext computes it (repeatable; default: none)",
     )
     p.add_argument(
         "--lambada",
         action="append",
         default=[],
-        metavar="[NAME=]FILE.jsonl",
-        help="LAMBADA accuracy/perplexity on a jsonl with a 'text' field; NAME defaults to the file stem",
+        metavar="[NAME=]SOURCE",
+        help="LAMBADA accuracy/perplexity on one passage per document: a jsonl with a 'text' field, or any --data "
+        "source such as hf:EleutherAI/lambada_openai:default:test; NAME defaults to the file stem "
+        "(repeatable; default: none)",
     )
-    p.add_argument("--tasks", help="comma-separated lm-eval tasks, e.g. piqa,arc_easy,lambada_openai")
-    p.add_argument("--num-fewshot", default="0", help="comma-separated shot counts for --tasks (default 0)")
-    p.add_argument("--include-path", help="folder of extra lm-eval task YAMLs")
-    p.add_argument("--limit", type=float, help="lm-eval examples per task (a fraction if < 1); for testing")
+    p.add_argument("--tasks", help="comma-separated lm-eval tasks, e.g. piqa,arc_easy,lambada_openai (default: none)")
+    p.add_argument("--num-fewshot", default="0", help="comma-separated shot counts for --tasks (default: 0)")
+    p.add_argument("--include-path", help="folder of extra lm-eval task YAMLs (default: none)")
+    p.add_argument(
+        "--limit", type=float, help="lm-eval examples per task (a fraction if < 1), for testing (default: all)"
+    )
     p.add_argument(
         "--bootstrap-iters",
         type=int,
         default=100000,
         help="lm-eval bootstrap iterations for the stderr of perplexity-type metrics (0 skips them)",
     )
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument(
         "--trust-remote-code",
         action="store_true",
         help="run Python files a non-meshlm model folder ships (its auto_map); off by default",
     )
-    p.add_argument("--json", type=Path, metavar="OUT", help="write every number and the model info here")
-    p.add_argument("--markdown", type=Path, metavar="OUT", help="write the Table 1 row and per-task tables here")
+    p.add_argument(
+        "--json", type=Path, metavar="OUT", help="write every number and the model info here (default: print only)"
+    )
+    p.add_argument(
+        "--markdown",
+        type=Path,
+        metavar="OUT",
+        help="write the Table 1 row and per-task tables here (default: print only)",
+    )
     p.set_defaults(func=run_eval)
 
 
@@ -111,20 +124,33 @@ def parse_int_list(value: str, option: str) -> list[int]:
     return numbers
 
 
+def resolve_model_dir(path: str | Path) -> Path:
+    """The model folder at ``path``: the folder itself (config.json) or a training run's ``model/``."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise MeshLMError(f"{folder} is not a folder; give a model folder written by meshlm train.")
+    for candidate in (folder, folder / "model"):
+        if (candidate / "config.json").is_file():
+            return candidate
+    raise MeshLMError(
+        f"{folder} is not a model folder (no config.json, nor model/config.json); "
+        "give a folder written by meshlm train."
+    )
+
+
 def load_model_dir(model_dir: str | Path, trust_remote_code: bool = False):
-    """fp32 model and tokenizer of a saved folder; MeshLMError if it is not one.
+    """fp32 model and tokenizer of a saved folder (or of a run folder's ``model/``); MeshLMError if neither.
 
     Code shipped in the folder runs only with ``trust_remote_code`` (never for meshlm's own folders).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = Path(model_dir).expanduser()
-    if not (folder / "config.json").is_file():
-        raise MeshLMError(f"{folder} is not a model folder (no config.json); give a checkpoint folder from training.")
+    folder = resolve_model_dir(model_dir)
     refuse_foreign_code(folder, trust_remote_code)
     trust = {"trust_remote_code": trust_remote_code}
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, **trust)
+        with quiet_transformers():
+            model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, **trust)
         tokenizer = AutoTokenizer.from_pretrained(str(folder), **trust)
     except (OSError, ValueError, KeyError) as e:
         raise MeshLMError(f"cannot load the model in {folder}: {e}") from e
@@ -176,7 +202,7 @@ def evaluate_model_dir(args: argparse.Namespace) -> dict:
     shots = parse_int_list(args.num_fewshot, "--num-fewshot")
     if not (ppl_specs or rolling_specs or lambada_specs or tasks):
         raise MeshLMError("nothing to evaluate; give --ppl, --rolling, --lambada or --tasks.")
-    model_dir = Path(args.model_dir).expanduser()
+    model_dir = resolve_model_dir(args.model_dir)
     model, tokenizer = load_model_dir(model_dir, args.trust_remote_code)
     device = prepare_model(model, args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     context = args.context or model_max_length(model)
@@ -200,8 +226,9 @@ def evaluate_model_dir(args: argparse.Namespace) -> dict:
     for name, source in rolling_specs:
         result = rolling_document_perplexity(model, tokenizer, list(iter_documents(source)), context, **common)
         report.setdefault("rolling", {})[name] = {"source": source, **result}
-    for name, path in lambada_specs:
-        report.setdefault("lambada", {})[name] = {"source": path, **lambada(model, tokenizer, path, **common)}
+    for name, source in lambada_specs:
+        records = [{"text": text} for text in iter_documents(source)]
+        report.setdefault("lambada", {})[name] = {"source": source, **lambada(model, tokenizer, records, **common)}
     limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
     for n in shots if tasks else []:
         report.setdefault("harness", {})[str(n)] = run_harness(

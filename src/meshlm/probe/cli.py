@@ -94,17 +94,23 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
             f"{COMPARE_FILE} and one figure per diagnostic."
         ),
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("model_dir", nargs="?", help="model folder (or a training run folder holding model/)")
-    p.add_argument("--compare", nargs="+", metavar="DIR", help="model folders and/or folders holding probe.json")
+    p.add_argument(
+        "model_dir", nargs="?", help="model folder (or a training run folder holding model/); omit with --compare"
+    )
+    p.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="DIR",
+        help="model folders and/or folders holding probe.json (default: probe one MODEL_DIR)",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="folder for probe.json / compare.json and the figures")
     p.add_argument("--labels", metavar="A,B,...", help="labels of the --compare folders (default: scheme + layout)")
     p.add_argument(
         "--data",
         metavar="SOURCE",
         help="any --data source (a shard folder, file, folder, glob, builtin:NAME, hf:...); its val split is used, "
-        "or train if val has too few windows",
+        "or train if val has too few windows (default: none; needed for a MODEL_DIR)",
     )
     p.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="held-out windows (default: %(default)s)")
     p.add_argument("--seq-len", type=int, help="tokens per sample (default: the model's max positions)")
@@ -118,7 +124,7 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
         default=DEFAULT_SIGMA_FRAC,
         help="RBF bandwidth as a fraction of the median pairwise distance (default: %(default)s)",
     )
-    p.add_argument("--linear-cka", action="store_true", help="also compute linear CKA (cka_linear.png)")
+    p.add_argument("--linear-cka", action="store_true", help="also compute linear CKA, cka_linear.png (default: off)")
     p.add_argument(
         "--spectrum-k",
         type=int,
@@ -140,6 +146,12 @@ def add_subcommand(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--precision", choices=PRECISIONS, default="bf16", help="bf16 autocast on CUDA, or fp32 (default: %(default)s)"
     )
-    p.add_argument("--cache-dir", metavar="DIR", help="where tokenized text sources are cached")
-    p.add_argument("--no-figures", dest="figures", action="store_false", help="write the JSON only")
+    p.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="where tokenized text sources are cached (default: $MESHLM_CACHE or ~/.cache/meshlm)",
+    )
+    p.add_argument(
+        "--no-figures", dest="figures", action="store_false", help="write the JSON only (default: JSON and PNG figures)"
+    )
     p.set_defaults(func=_run)

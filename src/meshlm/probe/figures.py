@@ -106,12 +106,25 @@ def _block_order(block: str) -> float:
     return float(match[1]) if match else float("inf")
 
 
-def _annotate_cells(ax: Axes, values: np.ndarray, fontsize: float) -> None:
-    """Write each value of a heat map in its cell, dark on light cells and light on dark ones."""
-    top = max(float(np.nanmax(values)), 1e-12)
+def _annotate_cells(ax: Axes, values: np.ndarray, fontsize: float, low: float = 0.0) -> None:
+    """Write each value of a heat map in its cell, dark on light cells and light on dark ones.
+
+    ``low`` is the bottom of the colour scale (the top is the largest value).
+    """
+    top = max(float(np.nanmax(values)), low + 1e-12)
     for (row, col), value in np.ndenumerate(values):
-        colour = "black" if value > 0.6 * top else "white"
+        colour = "black" if value - low > 0.6 * (top - low) else "white"
         ax.text(col, row, f"{value:.2f}", ha="center", va="center", color=colour, fontsize=fontsize)
+
+
+def cka_colour_range(values: list[np.ndarray]) -> tuple[float, float]:
+    """Colour scale of CKA heat maps: from the smallest value shown (down to a multiple of 0.05) to 1.
+
+    CKA lies in [0, 1] and a state's CKA with itself is 1; states of one model are often all above
+    0.9, which a fixed 0-1 scale would paint in one colour.
+    """
+    smallest = min(float(np.nanmin(v)) for v in values)
+    return min(0.95, max(0.0, np.floor(smallest * 20) / 20)), 1.0
 
 
 def _update_series(results: dict[str, Result]) -> list[dict[str, Any]]:
@@ -193,22 +206,26 @@ def plot_cka(
     panels = len(results)
     size = max(len(r["states"]) + len(r["core_outputs"]) * include_core_outputs for r in results.values())
     side = max(4.0, 0.55 * size + 1.5)
+    shown = {}
+    for label, result in results.items():
+        names = result["states"] + (result["core_outputs"] if include_core_outputs else [])
+        idx = [result[key]["names"].index(n) for n in names]
+        shown[label] = (names, np.array(result[key]["mean"])[np.ix_(idx, idx)])
+    low, high = cka_colour_range([values for _, values in shown.values()])
     with _figure(path, (side * panels + 1.0, side + 0.6)) as fig:
         axes = fig.subplots(1, panels, squeeze=False)[0]
         image = None
-        for ax, (label, result) in zip(axes, results.items(), strict=True):
-            cka = result[key]
-            names = result["states"] + (result["core_outputs"] if include_core_outputs else [])
-            idx = [cka["names"].index(n) for n in names]
-            values = np.array(cka["mean"])[np.ix_(idx, idx)]
-            image = ax.imshow(values, vmin=0, vmax=1, cmap="viridis")
-            _annotate_cells(ax, values, fontsize=9 if len(names) <= 7 else 7)
+        for ax, (label, (names, values)) in zip(axes, shown.items(), strict=True):
+            image = ax.imshow(values, vmin=low, vmax=high, cmap="viridis")
+            _annotate_cells(ax, values, fontsize=9 if len(names) <= 7 else 7, low=low)
             ticks = [_state_label(n) for n in names]
             ax.set_xticks(range(len(names)), ticks)
             ax.set_yticks(range(len(names)), ticks)
-            ax.set_title(f"{label} (n={result['num_samples']})\n{_kernel_text(cka)}", fontsize=10)
-        fig.colorbar(image, ax=list(axes), shrink=0.85, label="CKA")
-        fig.suptitle("CKA between hidden states (mean over samples)")
+            result = results[label]
+            ax.set_title(f"{label} (n={result['num_samples']})\n{_kernel_text(result[key])}", fontsize=10)
+        fig.colorbar(image, ax=list(axes), shrink=0.85, label=f"CKA (scale {low:.2f} to {high:.2f})")
+        what = r"hidden states and raw core outputs $h_m^{(t)}$" if include_core_outputs else "hidden states"
+        fig.suptitle(f"{'Linear CKA' if linear else 'CKA'} between {what} (mean over samples)")
     return Path(path)
 
 

@@ -37,11 +37,13 @@ from meshlm.config import Layout, MeshLMConfig, parse_layout
 from meshlm.data.shards import TokenShards, eval_batches, load_tokens
 from meshlm.data.tokenizers import Tokenizer, load_tokenizer
 from meshlm.errors import MeshLMError
+from meshlm.eval.cli import resolve_model_dir
 from meshlm.model import MeshLMForCausalLM
 from meshlm.probe.aggregate import FORMAT, ProbeAccumulator
 from meshlm.probe.figures import write_figures
 from meshlm.probe.metrics import DEFAULT_SIGMA_FRAC, DEFAULT_SPECTRUM_K
 from meshlm.probe.states import backbone_of, collect_states, probe_layout
+from meshlm.train.logging import quiet_transformers
 
 PROBE_FILE = "probe.json"
 COMPARE_FILE = "compare.json"
@@ -133,20 +135,6 @@ def probe_model(
     return result
 
 
-def resolve_model_dir(path: str | Path) -> Path:
-    """The model folder at ``path``: the folder itself (config.json) or a training run's ``model/``."""
-    folder = Path(path).expanduser()
-    if not folder.is_dir():
-        raise MeshLMError(f"{folder} is not a folder; give a model folder written by meshlm train.")
-    for candidate in (folder, folder / "model"):
-        if (candidate / "config.json").is_file():
-            return candidate
-    raise MeshLMError(
-        f"{folder} is not a model folder (no config.json, nor model/config.json); "
-        "give a folder written by meshlm train."
-    )
-
-
 def read_model_config(folder: Path) -> MeshLMConfig:
     """The meshlm config saved in ``folder``; MeshLMError for an unreadable or non-meshlm config."""
     try:
@@ -174,7 +162,8 @@ def _saved_tokenizer(folder: Path) -> Tokenizer:
 def _load_model(folder: Path) -> MeshLMForCausalLM:
     """The fp32 meshlm model saved in ``folder``, built by meshlm's own classes (no code from the folder runs)."""
     try:
-        return AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, trust_remote_code=False)
+        with quiet_transformers():
+            return AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, trust_remote_code=False)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise MeshLMError(f"cannot load the model in {folder}: {e}") from None
 

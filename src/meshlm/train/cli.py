@@ -5,21 +5,61 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import sys
 import typing
 from pathlib import Path
 
+from meshlm.config import PRESETS
 from meshlm.errors import MeshLMError
-from meshlm.train.loop import TrainConfig, train
+from meshlm.train.loop import TrainConfig, max_steps_of, train
 
+# help of every TrainConfig field; a field whose default is None says what None means, the others
+# get "(default: <dataclass default>)" appended
 HELP = {
     "data": "builtin:NAME, a file/folder/glob of .txt/.jsonl/.parquet, hf:DATASET[:CONFIG][:SPLIT] or a shard folder",
-    "tokenizer": "neox, bpe:N, a tokenizer.json, an HF name (default: the shard folder's own tokenizer)",
-    "preset": "Pythia size the model starts from (pythia-14m ... pythia-1.4b)",
+    "out": "run folder: run.json, log.jsonl, checkpoints/ and, at the end, model/",
+    "tokenizer": "neox (needs meshlm[neox]), bpe:N, a tokenizer.json or an HF name "
+    "(default: the shard folder's own tokenizer)",
+    "preset": "Pythia size the model starts from",
+    "layout": "e.g. 6, 1+4R2+1, 4+8+8+4 (default: the preset's vanilla layout)",
+    "scheme": "base, residual, anchor, anchor*, a+b, static, dynamic or mesh (default: base)",
+    "buffer_size": "MeSH memory slots (default: K + 3)",
+    "router_init": "MeSH router init: normal, uniform or fresh_slot (default: normal)",
+    "router_init_bias": "fresh_slot's bias on each step's own slot (default: 2.0)",
+    "mesh_transition_input": "what the transitional MeSH routers see: prelude or embedding (default: prelude)",
+    "hidden_size": "model width (default: the preset's)",
+    "num_attention_heads": "attention heads (default: the preset's)",
+    "intermediate_size": "MLP width (default: 4 x hidden size)",
+    "max_position_embeddings": "longest sequence the model accepts (default: 2048)",
+    "scale_embeddings": "multiply embeddings by sqrt(hidden size) (default: on)",
+    "rotary_pct": "share of each head's dimensions that get rotary embeddings (default: 0.25)",
+    "initializer_range": "std of the normal init of weight matrices (default: 0.02)",
+    "seq_len": "tokens per training sequence",
     "batch_tokens": "global batch in tokens (sequences x seq-len), split over ranks and micro-batches",
     "micro_batch": "sequences per forward pass on one rank (default: the whole per-rank batch)",
+    "max_steps": "optimizer steps (default: --max-tokens / --batch-tokens)",
+    "max_tokens": "training tokens, the alternative to --max-steps (default: none, give one of the two)",
+    "stop_after": "stop (with a checkpoint) after this many steps, keeping the schedule of --max-steps "
+    "(default: run to the end)",
+    "lr": "peak learning rate (linear warm-up, cosine decay)",
+    "weight_decay": "AdamW weight decay of the weight matrices",
+    "warmup_frac": "share of the steps spent warming up",
+    "final_lr_frac": "final learning rate as a share of the peak",
+    "grad_clip": "clip the gradient norm to this",
+    "seed": "seed of the init and of the data order",
     "eval_every": "evaluate held-out loss every N steps (and always at the end); 0 = only at the end",
-    "stop_after": "stop (with a checkpoint) after this many steps, keeping the schedule of --max-steps",
+    "eval_batches": "held-out micro-batches per evaluation",
+    "log_every": "log (and print with --no-progress) every N steps",
     "save_every": "checkpoint every N steps (and always at the end); 0 = only at the end",
+    "keep_checkpoints": "newest checkpoints kept",
+    "resume": "continue from the newest checkpoint in --out",
+    "compile": "torch.compile the model (the first step compiles: a minute or more on CPU)",
+    "fsdp": "shard with FSDP2 under torchrun instead of DDP",
+    "device": "cpu, cuda, cuda:1 ... (default: cuda if available, under torchrun the rank's GPU)",
+    "cache_dir": "where tokenizers and tokenized sources are cached (default: $MESHLM_CACHE or ~/.cache/meshlm)",
+    "progress": "a progress bar; --no-progress prints a plain line every --log-every steps instead",
+    "tensorboard": "write TensorBoard events to OUT/tb (needs meshlm[tensorboard])",
     "activation_checkpointing": "none, full (recompute every unrolled layer in backward) or selective (every other)",
 }
 
@@ -32,19 +72,33 @@ def _arg_type(annotation):
     return str
 
 
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """One ``--flag`` per TrainConfig field, default None so YAML values and dataclass defaults show through."""
+def _help(f: dataclasses.Field, kind: type) -> str:
+    """The field's help with its default: the dataclass default, unless the text names it already."""
+    text = HELP[f.name]
+    if f.name == "preset":
+        text = f"{text}: {', '.join(PRESETS)}"
+    if "default" in text or f.default is None:
+        return text
+    if f.default == "":
+        return f"{text} (required, as a flag or in --config)"
+    shown = ("on" if f.default else "off") if kind is bool else f.default
+    return f"{text} (default: {shown})"
+
+
+def add_train_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """One ``--flag`` per TrainConfig field but ``skip``, default None so YAML values and dataclass defaults show."""
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
-        if f.name == "extra":
+        if f.name == "extra" or f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
         kind = _arg_type(hints[f.name])
         if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=HELP.get(f.name))
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=_help(f, kind))
         else:
-            parser.add_argument(flag, type=kind, default=None, help=HELP.get(f.name))
-    parser.add_argument("--config", type=Path, help="YAML file of the same options (flags override it)")
+            choices, metavar = (list(PRESETS), "NAME") if f.name == "preset" else (None, None)
+            parser.add_argument(flag, type=kind, default=None, choices=choices, metavar=metavar, help=_help(f, kind))
+    parser.add_argument("--config", type=Path, help="YAML file of the same options, flags override it (default: none)")
 
 
 def read_config_file(path: Path) -> dict:
@@ -71,8 +125,12 @@ def config_from_args(args: argparse.Namespace, file_values: dict | None = None) 
 
 
 def _run(args: argparse.Namespace) -> int:
-    summary = train(config_from_args(args))
-    print(json.dumps(summary, indent=2))
+    cfg = config_from_args(args)
+    summary = train(cfg)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank returns; the first one reports
+        print(json.dumps(summary, indent=2))
+        if summary["steps"] == max_steps_of(cfg):
+            print(f"model saved to {Path(cfg.out) / 'model'}", file=sys.stderr)
     return 0
 
 

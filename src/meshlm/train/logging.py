@@ -1,10 +1,13 @@
-"""Run logs: ``run.json`` (what ran), ``log.jsonl`` (every logged step), TensorBoard events, a progress bar."""
+"""Run logs: ``run.json`` (what ran), ``log.jsonl`` (every logged step), TensorBoard events, a progress bar
+or, without it, one plain line per logged step."""
 
 from __future__ import annotations
 
 import json
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -18,6 +21,7 @@ class RunLogger:
         self.t0 = time.perf_counter()
         self.start_step = start_step
         self.bar = self.tb = None
+        self.plain = not cfg.progress
         if not is_main:
             return
         out.mkdir(parents=True, exist_ok=True)
@@ -29,7 +33,7 @@ class RunLogger:
         if cfg.progress:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=max_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+            self.bar = tqdm(total=max_steps, initial=start_step, desc=out.name, unit="step", dynamic_ncols=True)
 
     def _truncate_after(self, step: int) -> None:
         """On resume, drop log lines past the checkpoint so the log reads as one uninterrupted run."""
@@ -58,6 +62,10 @@ class RunLogger:
             if "val_loss" in record:
                 shown["val"] = f"{record['val_loss']:.4f}"
             self.bar.set_postfix(shown)
+        elif self.plain:
+            done = record["step"] - self.start_step
+            eta = (time.perf_counter() - self.t0) / done * (self.max_steps - record["step"]) if done else None
+            print(log_line(record, self.max_steps, eta), file=sys.stderr, flush=True)
         self.last_logged_step = record["step"]
 
     def message(self, text: str) -> None:
@@ -84,6 +92,42 @@ class RunLogger:
                 self.tb.close()
             (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def log_line(record: dict, max_steps: int, eta_seconds: float | None) -> str:
+    """One plain progress line, ``step N/M | loss | val | tok/s | MFU | ETA`` (val and MFU when known)."""
+    parts = [f"step {record['step']}/{max_steps}", f"loss {record['loss']:.4f}"]
+    if "val_loss" in record:
+        parts.append(f"val {record['val_loss']:.4f}")
+    parts.append(f"tok/s {record['tokens_per_s']:,.0f}")
+    if record.get("mfu") is not None:
+        parts.append(f"MFU {100 * record['mfu']:.1f}%")
+    if eta_seconds is not None:
+        parts.append(f"ETA {_duration(eta_seconds)}")
+    return " | ".join(parts)
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Hide transformers' progress bars ("Writing model shards", "Loading weights") inside the block.
+
+    meshlm saves and loads small models many times per run; those bars would drown its own progress.
+    """
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
 
 
 def _tensorboard_writer(path: Path):

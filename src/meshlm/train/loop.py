@@ -30,8 +30,8 @@ from meshlm.model import MeshLMForCausalLM
 from meshlm.model.schemes import SchemeStatistics
 from meshlm.train import checkpoint as ckpt
 from meshlm.train.distributed import Dist, setup_distributed, wrap_model
-from meshlm.train.hardware import measure_bf16_peak
-from meshlm.train.logging import RunLogger
+from meshlm.train.hardware import cpu_threads, measure_bf16_peak
+from meshlm.train.logging import RunLogger, quiet_transformers
 from meshlm.train.optim import build_optimizer, lr_at
 
 # model fields a run may override on top of the preset; all are MeshLMConfig fields
@@ -249,6 +249,8 @@ def train(cfg: TrainConfig) -> dict:
     out = Path(cfg.out)
     dist = setup_distributed(cfg.fsdp)
     device = _resolve_device(cfg.device) if dist.world == 1 else dist.device
+    if device.type == "cpu":
+        torch.set_num_threads(cpu_threads())
     torch.manual_seed(cfg.seed)
 
     tokenizer, shards = load_run_data(cfg)
@@ -278,7 +280,8 @@ def train(cfg: TrainConfig) -> dict:
                 f"d={saved.hidden_size}) than this run asks for ({model_cfg.layout}/{model_cfg.scheme}, "
                 f"d={model_cfg.hidden_size})"
             )
-        model = MeshLMForCausalLM.from_pretrained(resumed_from)
+        with quiet_transformers():
+            model = MeshLMForCausalLM.from_pretrained(resumed_from)
         start_step, tokens_seen = state["step"], state["tokens_seen"]
     model.to(device)
     model.set_activation_checkpointing(cfg.activation_checkpointing)
@@ -307,18 +310,22 @@ def train(cfg: TrainConfig) -> dict:
         "grad_accum": accum,
         "max_steps": max_steps,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "cpu_threads": torch.get_num_threads(),
         "peak_flops": peak,
         "epochs": max_steps / max(1, sampler.steps_per_epoch),
     }
     logger = RunLogger(out, dist.is_main, cfg, max_steps, start_step, run_info)
+    if cfg.compile:
+        logger.message("torch.compile: compiling the model in the first step (a minute or more, longer on CPU)")
 
     def save(step: int, loss_value: float | None) -> None:
         state = {"step": step, "tokens_seen": tokens_seen, "loss": loss_value, "run": run_info}
         model_state, opt_full = dist.full_state(wrapped, optimizer)
         if dist.is_main:
-            ckpt.save_checkpoint(
-                checkpoints, step, model, tokenizer, opt_full, state, cfg.keep_checkpoints, model_state
-            )
+            with quiet_transformers():
+                ckpt.save_checkpoint(
+                    checkpoints, step, model, tokenizer, opt_full, state, cfg.keep_checkpoints, model_state
+                )
         dist.barrier()
 
     def check_finite(loss_value: float, grad_norm: float, step: int) -> None:
@@ -398,7 +405,8 @@ def train(cfg: TrainConfig) -> dict:
     if done == max_steps:
         final_state, _ = dist.full_state(wrapped, None)
         if dist.is_main:
-            ckpt.save_model_dir(out / "model", model, tokenizer, {**summary, "run": run_info}, final_state)
+            with quiet_transformers():
+                ckpt.save_model_dir(out / "model", model, tokenizer, {**summary, "run": run_info}, final_state)
     dist.barrier()
     dist.close()
     return summary

@@ -23,7 +23,7 @@ from meshlm.errors import MeshLMError
 # subcommand -> (module whose ``add_subcommand(subparsers)`` registers it, summary in ``meshlm --help``)
 SUBCOMMANDS = {
     "params": ("meshlm.cli", "parameter counts and FLOPs per token of a configuration"),
-    "data": ("meshlm.data.cli", "tokenize a corpus into shards, or describe a shard folder"),
+    "data": ("meshlm.data.cli", "tokenize a corpus into shards, describe, pack or unpack a shard folder"),
     "train": ("meshlm.train.cli", "train a model (single process, or under torchrun for DDP/FSDP)"),
     "eval": ("meshlm.eval.cli", "evaluate a model dir: perplexity, LAMBADA, LM Evaluation Harness tasks"),
     "probe": ("meshlm.probe.cli", "diagnostics of recursion: update magnitude, CKA, spectra, MeSH routers (+ figures)"),

@@ -91,7 +91,7 @@ def add_subcommand(subparsers) -> None:
     p.add_argument(
         "--trust-remote-code",
         action="store_true",
-        help="run Python files a non-meshlm model folder ships (its auto_map); off by default",
+        help="run Python files a non-meshlm model folder ships (its auto_map) (default: off)",
     )
     p.add_argument(
         "--json", type=Path, metavar="OUT", help="write every number and the model info here (default: print only)"

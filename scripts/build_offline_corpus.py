@@ -21,22 +21,10 @@ import gzip
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from meshlm.data.corpus import (
-    CorpusSource,
-    Deduper,
-    Row,
-    build_source_jsonl,
-    composition_markdown,
-    decode_text,
-    iter_files,
-    write_composition,
-    write_val_views,
-)
-from meshlm.data.shards import prepare_shards
+from meshlm.data.corpus import CorpusSource, Row, build_corpus, composition_markdown, decode_text, iter_files
 from meshlm.data.sources import BUILTINS, MIX_ORDER
 from meshlm.data.textclean import html_to_text, pod_to_text, roff_to_text, strip_licence_header, tidy
 from meshlm.data.tokenizers import load_tokenizer
@@ -283,42 +271,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace a different shard set at --out")
     args = parser.parse_args(argv)
     work, out = Path(args.work), Path(args.out)
-    times: dict[str, float] = {}
 
     rows = [
         Row(f"builtin:{n}", n, f"{BUILTINS[n].package}=={BUILTINS[n].version}", BUILTINS[n].license, "prose",
             BUILTINS[n].origin)
         for n in MIX_ORDER
     ]  # fmt: skip
-    deduper, key = Deduper(), ""
-    for source in DEBIAN_SOURCES:
-        start = time.perf_counter()
-        root, version = unpack(source.package, work)
-        record = build_source_jsonl(source, root, version, work, deduper, key)
-        key = record["key"]
-        times[f"jsonl:{source.name}"] = round(time.perf_counter() - start, 1)
-        print(
-            f"{source.name}: {source.package} {version}: {record['documents_out']:,} documents, "
-            f"{record['chars_out']:,} chars ({record['duplicate_documents']:,} duplicate documents, "
-            f"{record['duplicate_paragraphs']:,} duplicate paragraphs dropped; built in {record['seconds']} s)",
-            file=sys.stderr,
-            flush=True,
-        )
-        rows.append(
-            Row(record["path"], source.name, f"{source.package} {version}", source.license, source.kind,
-                source.content)
-        )  # fmt: skip
-
-    start = time.perf_counter()
     tokenizer = load_tokenizer(args.tokenizer)
-    shards = prepare_shards([r.spec for r in rows], tokenizer, out, args.val_fraction, overwrite=args.overwrite)
-    times["tokenize"] = round(time.perf_counter() - start, 1)
-    table = write_composition(rows, shards)
-    start = time.perf_counter()
-    views = write_val_views(rows, out, work, tokenizer, args.val_fraction, overwrite=args.overwrite)
-    times["val views"] = round(time.perf_counter() - start, 1)
+    sources = [(source, lambda p=source.package: unpack(p, work)) for source in DEBIAN_SOURCES]
+    result = build_corpus(
+        rows,
+        sources,
+        work,
+        out,
+        tokenizer,
+        args.val_fraction,
+        args.overwrite,
+        log=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    times, table = result["times"], result["composition"]
     (work / "build-times.json").write_text(json.dumps(times, indent=2) + "\n")
-    print(f"shards: {shards}; views: {', '.join(map(str, views.values()))}")
+    print(f"shards: {result['shards']}; views: {', '.join(map(str, result['views'].values()))}")
     print(f"phase times (s): {json.dumps(times)}\n")
     print(composition_markdown(table))
     return 0

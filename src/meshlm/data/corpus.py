@@ -366,3 +366,42 @@ def write_val_views(
             raise MeshLMError(f"{view}: a val document landed in train; the split rule changed, rebuild the view.")
         views[kind] = view
     return views
+
+
+def build_corpus(
+    rows: Iterable[Row],
+    sources: Iterable[tuple[CorpusSource, Callable[[], tuple[Path, str]]]],
+    work: Path,
+    out: Path,
+    tokenizer: Tokenizer,
+    val_fraction: float = 0.01,
+    overwrite: bool = False,
+    log: Callable[[str], None] = lambda line: None,
+) -> dict:
+    """The whole pipeline: ``rows`` (ready specs, e.g. builtin corpora) first, then each source's
+    jsonl (``resolve()`` gives its unpacked root and version, called only when it is reached), one
+    shard folder at ``out``, its composition and the val views. Returns paths, table and phase times."""
+    rows, times = list(rows), {}
+    deduper, key = Deduper(), ""
+    for source, resolve in sources:
+        start = time.perf_counter()
+        root, version = resolve()
+        record = build_source_jsonl(source, root, version, work, deduper, key)
+        key = record["key"]
+        times[f"jsonl:{source.name}"] = round(time.perf_counter() - start, 1)
+        log(
+            f"{source.name}: {source.package} {version}: {record['documents_out']:,} documents, "
+            f"{record['chars_out']:,} chars ({record['duplicate_documents']:,} duplicate documents, "
+            f"{record['duplicate_paragraphs']:,} duplicate paragraphs dropped; built in {record['seconds']} s)"
+        )
+        rows.append(
+            Row(record["path"], source.name, f"{source.package} {version}", source.license, source.kind, source.content)
+        )
+    start = time.perf_counter()
+    shards = prepare_shards([r.spec for r in rows], tokenizer, out, val_fraction, overwrite=overwrite)
+    times["tokenize"] = round(time.perf_counter() - start, 1)
+    table = write_composition(rows, shards)
+    start = time.perf_counter()
+    views = write_val_views(rows, out, work, tokenizer, val_fraction, overwrite=overwrite)
+    times["val views"] = round(time.perf_counter() - start, 1)
+    return {"shards": shards, "views": views, "composition": table, "times": times}

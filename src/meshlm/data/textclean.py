@@ -109,7 +109,7 @@ class _TextExtractor(HTMLParser):
             return
         if tag == "pre":
             self.pre += 1
-        self._break(tag)
+        self._break(tag, start=True)
 
     def handle_endtag(self, tag: str) -> None:
         if self.skip is not None:
@@ -123,21 +123,26 @@ class _TextExtractor(HTMLParser):
             self.main = (tag, self.main[1] - 1)
         if tag == "pre":
             self.pre = max(0, self.pre - 1)
-        self._break(tag)
+        self._break(tag, start=False)
 
     def _active(self) -> bool:
         return self.skip is None and (not self.main_only or self.main is not None)
 
-    def _break(self, tag: str) -> None:
+    def _break(self, tag: str, start: bool) -> None:
+        """Blocks are separated by a blank line; a list item or table row starts a new line."""
         if self._active():
             if tag in _BLOCK_TAGS:
                 self.parts.append("\n\n")
-            elif tag in _LINE_TAGS:
+            elif tag in _LINE_TAGS and start:
                 self.parts.append("\n")
 
     def handle_data(self, data: str) -> None:
         if self._active():
-            self.parts.append(data if self.pre else re.sub(r"\s+", " ", data))
+            if not self.pre:  # collapse whitespace, none at the start of a line
+                data = re.sub(r"\s+", " ", data)
+                if not self.parts or self.parts[-1].endswith("\n"):
+                    data = data.lstrip()
+            self.parts.append(data)
 
 
 def tidy(text: str) -> str:
@@ -153,9 +158,7 @@ def html_to_text(html: str) -> str:
     parser = _TextExtractor(main_only=bool(_MAIN.search(html)))
     parser.feed(html)
     parser.close()
-    text = "".join(parser.parts)
-    lines = [line if line.startswith(("    ", "\t")) else line.strip() for line in text.split("\n")]
-    return tidy("\n".join(lines))
+    return tidy("".join(parser.parts))
 
 
 _ROFF_ESCAPES = [

@@ -227,15 +227,14 @@ def roff_to_text(source: str) -> str:
     return tidy("\n\n".join(paragraphs))
 
 
-_POD_CODE = re.compile(r"[IBCLEFSXZ]<(?!<)([^<>]*)>")
+_POD_CODE = re.compile(r"[IBCLFSXZ]<(?!<)((?:[^<>]|E<\w+>)*)>")  # innermost first; E<...> inside is fine
+_POD_ENTITY = re.compile(r"E<(\w+)>")
 _POD_ENTITIES = {"lt": "<", "gt": ">", "verbar": "|", "sol": "/", "quot": '"', "amp": "&"}
 
 
 def _pod_inline(text: str) -> str:
     def repl(match: re.Match) -> str:
         code, inner = match.group(0)[0], match.group(1)
-        if code == "E":
-            return _POD_ENTITIES.get(inner, chr(int(inner)) if inner.isdigit() else "")
         if code in "XZ":
             return ""
         if code == "L":
@@ -247,7 +246,7 @@ def _pod_inline(text: str) -> str:
         text, count = _POD_CODE.subn(repl, text)
         if not count:
             break
-    return text
+    return _POD_ENTITY.sub(lambda m: _POD_ENTITIES.get(m[1], chr(int(m[1])) if m[1].isdigit() else ""), text)
 
 
 def pod_to_text(source: str) -> str:

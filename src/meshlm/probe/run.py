@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM
 
@@ -42,6 +43,7 @@ from meshlm.probe.aggregate import FORMAT, ProbeAccumulator
 from meshlm.probe.figures import write_figures
 from meshlm.probe.metrics import DEFAULT_SIGMA_FRAC, DEFAULT_SPECTRUM_K
 from meshlm.probe.states import backbone_of, collect_states, probe_layout
+from meshlm.train.checkpoint import check_intact
 
 PROBE_FILE = "probe.json"
 COMPARE_FILE = "compare.json"
@@ -134,11 +136,15 @@ def probe_model(
 
 
 def resolve_model_dir(path: str | Path) -> Path:
-    """The model folder at ``path``: the folder itself (config.json) or a training run's ``model/``."""
+    """The model folder at ``path``: the folder itself (config.json) or a training run's ``model/``.
+
+    A folder meshlm saved is checked against its recorded checksums first (MeshLMError if damaged).
+    """
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise MeshLMError(f"{folder} is not a folder; give a model folder written by meshlm train.")
     for candidate in (folder, folder / "model"):
+        check_intact(candidate)
         if (candidate / "config.json").is_file():
             return candidate
     raise MeshLMError(
@@ -175,7 +181,7 @@ def _load_model(folder: Path) -> MeshLMForCausalLM:
     """The fp32 meshlm model saved in ``folder``, built by meshlm's own classes (no code from the folder runs)."""
     try:
         return AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, trust_remote_code=False)
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
         raise MeshLMError(f"cannot load the model in {folder}: {e}") from None
 
 

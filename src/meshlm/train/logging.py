@@ -64,7 +64,7 @@ class RunLogger:
             (self.bar.write if self.bar is not None else print)(text, file=sys.stderr)
 
     def finish(self, tokens_seen: int, resumed_from) -> dict:
-        """Close the writers and return (and save) the run summary."""
+        """Close the writers and return the run summary (:meth:`write_summary` saves it, after the model)."""
         evals = [r for r in self.records if "val_loss" in r]
         last = self.records[-1] if self.records else {}
         summary = {
@@ -81,8 +81,12 @@ class RunLogger:
                 self.bar.close()
             if self.tb is not None:
                 self.tb.close()
-            (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
+
+    def write_summary(self, summary: dict) -> None:
+        """``summary.json``, written last: once it exists, everything the run saved is in place."""
+        if self.is_main:
+            (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
 def _tensorboard_writer(path: Path):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import signal
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -143,6 +144,10 @@ def build_model_config(cfg: TrainConfig, vocab_size: int) -> MeshLMConfig:
     return model_cfg
 
 
+def _note(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
 def _resolve_device(name: str | None) -> torch.device:
     if name:
         device = torch.device(name)
@@ -251,14 +256,17 @@ def train(cfg: TrainConfig) -> dict:
     val = list(eval_batches(val_tokens, cfg.seq_len, micro, cfg.eval_batches)) if len(val_tokens) > cfg.seq_len else []
 
     checkpoints = out / "checkpoints"
+    if dist.is_main:
+        for leftover in ckpt.remove_temp_folders(checkpoints) + ckpt.remove_temp_folders(out):
+            _note(f"removed {leftover}, left by a save that was killed")
     start_step, tokens_seen, resumed_from = 0, 0, None
-    existing = ckpt.list_checkpoints(checkpoints)
-    if existing and not cfg.resume:
+    if ckpt.step_folders(checkpoints) and not cfg.resume:
         raise MeshLMError(f"{out} already holds checkpoints; pass --resume to continue or choose another --out")
     model = MeshLMForCausalLM(model_cfg)
     opt_state = rng = None
-    if cfg.resume and existing:
-        resumed_from = existing[-1]
+    if cfg.resume:
+        resumed_from = ckpt.newest_intact(checkpoints, _note if dist.is_main else lambda text: None)
+    if resumed_from is not None:
         state, opt_state, rng = ckpt.load_training_state(resumed_from, device)
         saved = MeshLMConfig.from_pretrained(resumed_from)
         if _architecture(saved) != _architecture(model_cfg):
@@ -381,7 +389,8 @@ def train(cfg: TrainConfig) -> dict:
     if done == max_steps:
         final_state, _ = dist.full_state(wrapped, None)
         if dist.is_main:
-            ckpt.save_model_dir(out / "model", model, tokenizer, {**summary, "run": run_info}, final_state)
+            ckpt.save_atomically(out / "model", model, tokenizer, {**summary, "run": run_info}, final_state)
+    logger.write_summary(summary)
     dist.barrier()
     dist.close()
     return summary

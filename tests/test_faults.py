@@ -5,10 +5,12 @@ on disk (nothing saved is lost or silently replaced).
 """
 
 import json
+import math
 import os
 import pickle
 import random
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +22,9 @@ import torch
 from conftest import tiny_run
 from meshlm.cli import main
 from meshlm.data.cache import sha256_file
+from meshlm.model import MeshLMForCausalLM
 from meshlm.train import checkpoint as ckpt
+from meshlm.train import loop
 from meshlm.train.loop import TrainConfig, train
 from meshlm.train.safe_state import load_state, save_state
 
@@ -317,3 +321,117 @@ def test_a_save_killed_during_the_final_model_leaves_no_model_and_resume_finishe
     assert not list(out.glob(".model.tmp-*")) and not list((out / "checkpoints").glob(".*"))
     assert summary["steps"] == 6 and (out / "summary.json").exists()
     ckpt.check_intact(out / "model")
+
+
+# --- resume refuses what breaks exactness ----------------------------------------------------
+
+
+def tree(folder) -> dict:
+    """Every file under ``folder`` with its sha256: what must stay untouched."""
+    return {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    "change, flag",
+    [({"seq_len": 16}, "--seq-len"), ({"batch_tokens": 512}, "--batch-tokens"), ({"seed": 1}, "--seed")]
+    + [({"max_steps": 8}, "--max-steps"), ({"max_steps": None, "max_tokens": 256 * 8}, "--max-tokens")],
+)
+def test_resume_with_a_changed_setting_is_refused_naming_it(paused, corpus, cache, tmp_path, capsys, change, flag):
+    out = copy_run(paused, tmp_path)
+    before = tree(out)
+    argv = [a for a in train_argv(corpus, cache, out, resume=True, **change) if not a.endswith("=None")]
+    assert flag in cli_error(argv, capsys)
+    assert tree(out) == before
+
+
+def test_resume_of_a_finished_run_is_a_no_op(straight, corpus, cache, tmp_path, capsys):
+    out = copy_run(straight, tmp_path)
+    before = tree(out)
+    assert main(train_argv(corpus, cache, out, resume=True)) == 0
+    assert "is complete (6 steps); nothing to do" in capsys.readouterr().err
+    assert tree(out) == before
+    assert json.loads((out / "summary.json").read_text())["final_loss"] is not None
+
+
+@pytest.mark.parametrize("stop_after", [1, 3])
+def test_window_losses_after_resume_match_the_straight_run_at_any_log_every(corpus, cache, tmp_path, stop_after):
+    """log every 4 steps, checkpoints at 2 and at the pause: the resumed windows mix nothing."""
+    straight = tmp_path / "straight"
+    run(corpus, cache, straight, log_every=4)
+    out = tmp_path / "resumed"
+    run(corpus, cache, out, log_every=4, stop_after=stop_after)
+    run(corpus, cache, out, log_every=4, resume=True)
+    records = [[json.loads(x) for x in (o / "log.jsonl").read_text().splitlines()] for o in (straight, out)]
+    assert [(r["step"], r["loss"], r["grad_norm"]) for r in records[0]] == [
+        (r["step"], r["loss"], r["grad_norm"]) for r in records[1]
+    ]
+    assert [r["step"] for r in records[0]] == [4, 6]
+
+
+def test_tensorboard_shows_each_step_once_after_a_resume(corpus, cache, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    run(corpus, cache, out, tensorboard=True, stop_after=4)
+    shutil.rmtree(out / "checkpoints" / "step-00000004")  # killed after logging step 4, before saving it
+    run(corpus, cache, out, tensorboard=True, resume=True)
+    events = EventAccumulator(str(out / "tb"))
+    events.Reload()
+    steps = [e.step for e in events.Scalars("train/loss")]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    assert [e.value for e in events.Scalars("train/loss")] == pytest.approx(losses(out))
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_run_stopped_by_a_signal_exits_non_zero_after_saving(corpus, cache, tmp_path, monkeypatch, signum, status):
+    original = loop.lr_at
+
+    def lr_then_signal(step, *args):
+        if step == 2:
+            signal.raise_signal(signum)
+        return original(step, *args)
+
+    monkeypatch.setattr(loop, "lr_at", lr_then_signal)
+    out = tmp_path / "run"
+    assert main(train_argv(corpus, cache, out)) == status
+    assert [p.name for p in ckpt.list_checkpoints(out / "checkpoints")] == ["step-00000002", "step-00000003"]
+
+
+# --- NaN and divergence ---------------------------------------------------------------------
+
+
+def test_a_diverging_update_keeps_a_genuinely_good_checkpoint(corpus, cache, tmp_path, capsys, monkeypatch):
+    """lr 1e4 on the update of step 5, a checkpoint every step, keep 1: step-4 survives, step-5 is set aside."""
+    original = loop.lr_at
+    monkeypatch.setattr(loop, "lr_at", lambda step, *a: 1e4 if step == 4 else original(step, *a))
+    out = tmp_path / "run"
+    line = cli_error(train_argv(corpus, cache, out, max_steps=10, save_every=1, keep_checkpoints=1), capsys)
+    assert "last good checkpoint is" in line and line.count("step-00000004") == 1 and "suspect-step-00000005" in line
+    assert [p.name for p in ckpt.list_checkpoints(out / "checkpoints")] == ["step-00000004"]
+    assert (out / "checkpoints" / "suspect-step-00000005").is_dir()  # kept, but never resumed from
+    good = MeshLMForCausalLM.from_pretrained(out / "checkpoints" / "step-00000004")
+    logged = losses(out)
+    assert logged[3] < logged[0] and all(math.isfinite(v) and v < 2 * math.log(good.config.vocab_size) for v in logged)
+
+
+def test_an_update_that_makes_parameters_non_finite_is_never_saved(corpus, cache, tmp_path, capsys, monkeypatch):
+    real_step = torch.optim.AdamW.step
+
+    def poisoned(self, *a, **k):
+        result = real_step(self, *a, **k)
+        self.steps_done = getattr(self, "steps_done", 0) + 1
+        if self.steps_done == 4:  # the update of step 4, a save step: its loss was computed before it
+            self.param_groups[0]["params"][0].data.fill_(float("inf"))
+        return result
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", poisoned)
+    out = tmp_path / "run"
+    line = cli_error(train_argv(corpus, cache, out, log_every=10), capsys)
+    assert "update of step 4 made parameters non-finite" in line and "step-00000002" in line
+    assert [p.name for p in ckpt.step_folders(out / "checkpoints")] == ["step-00000002"]
+
+
+def test_an_lr_that_overflows_the_optimizer_stops_in_one_line(corpus, cache, tmp_path, capsys):
+    out = tmp_path / "run"
+    line = cli_error(train_argv(corpus, cache, out, lr=1e39), capsys)
+    assert "overflows float32" in line and "no good checkpoint" in line

@@ -104,7 +104,7 @@ def test_resume_after_signal_gives_bitwise_equal_losses(corpus, tmp_path, monkey
 
 def test_crash_mid_save_keeps_previous_checkpoint(corpus, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    train(tiny(corpus, out, max_steps=4, save_every=2))
+    train(tiny(corpus, out, max_steps=6, save_every=2, stop_after=4))
     before = ckpt.list_checkpoints(out / "checkpoints")
     assert [p.name for p in before] == ["step-00000002", "step-00000004"]
     real_save = ckpt.save_state

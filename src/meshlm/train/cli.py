@@ -70,9 +70,11 @@ def config_from_args(args: argparse.Namespace, file_values: dict | None = None) 
 
 
 def _run(args: argparse.Namespace) -> int:
+    """Train; exit 128 + N when signal N (SIGINT 130, SIGTERM 143) stopped the run after its checkpoint."""
     summary = train(config_from_args(args))
     print(json.dumps(summary, indent=2))
-    return 0
+    signum = summary.get("interrupted_by_signal")
+    return 128 + signum if signum else 0
 
 
 def add_subcommand(subparsers) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 import signal
 import sys
 import time
@@ -29,6 +30,7 @@ from meshlm.config import MeshLMConfig
 from meshlm.errors import MeshLMError
 from meshlm.model import MeshLMForCausalLM
 from meshlm.train import checkpoint as ckpt
+from meshlm.train import resume
 from meshlm.train.distributed import Dist, setup_distributed, wrap_model
 from meshlm.train.hardware import measure_bf16_peak
 from meshlm.train.logging import RunLogger
@@ -108,26 +110,6 @@ class TrainConfig:
         return cls(**values)
 
 
-ARCHITECTURE_FIELDS = (
-    "vocab_size",
-    "hidden_size",
-    "num_attention_heads",
-    "intermediate_size",
-    "layout",
-    "scheme",
-    "buffer_size",
-    "mesh_transition_input",
-    "rotary_pct",
-    "use_parallel_residual",
-    "scale_embeddings",
-)
-
-
-def _architecture(config: MeshLMConfig) -> dict:
-    """The config fields that decide the weights' shapes and meaning (what a resume must match)."""
-    return {name: getattr(config, name) for name in ARCHITECTURE_FIELDS}
-
-
 def _pad_vocab(n: int, multiple: int = 128) -> int:
     return multiple * math.ceil(n / multiple)
 
@@ -203,6 +185,53 @@ class _StopSignal:
             signal.signal(sig, handler)
 
 
+class _Health:
+    """Divergence checks and which checkpoint is known to be good.
+
+    A checkpoint holds the weights after its step's update; it is *good* once a later check
+    (the next log, eval or save step) has seen a healthy loss computed with them. A failed
+    check stops the run: the checkpoints written since the last healthy check are moved aside
+    (``suspect-step-N``, kept, never resumed from) and pruning never removes the good one.
+    Healthy: finite loss, grad norm and (on save steps) parameters, and a loss window mean of
+    at most ``max_loss`` (twice a uniform guess's loss, ln V).
+    """
+
+    def __init__(self, root: Path, good: Path | None, max_loss: float, dist: Dist) -> None:
+        self.root, self.good, self.max_loss, self.dist = root, good, max_loss, dist
+        self.pending: list[Path] = []
+
+    def check(self, loss: float, grad_norm: float, step: int, params=None) -> None:
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            self.fail(f"non-finite loss ({loss}) or gradient norm ({grad_norm}) at step {step}")
+        if loss > self.max_loss:
+            self.fail(f"the loss diverged to {loss:.4g} at step {step} (above 2 ln(vocab) = {self.max_loss:.3g})")
+        if self.pending:  # their weights gave this healthy loss
+            self.good, self.pending = self.pending[-1], []
+        if params is not None and not _all_finite(params, self.dist):
+            self.fail(f"the update of step {step} made parameters non-finite")
+
+    def fail(self, what: str) -> None:
+        moved = []
+        for path in self.pending if self.dist.is_main else []:
+            aside = path.with_name(f"suspect-{path.name}")
+            shutil.rmtree(aside, ignore_errors=True)
+            path.rename(aside)
+            moved.append(aside.name)
+        where = f"the last good checkpoint is {self.good}" if self.good else "no good checkpoint was written"
+        aside = f" (moved {', '.join(moved)} aside: saved after the last healthy check)" if moved else ""
+        raise MeshLMError(f"{what}; stopped, {where}{aside}. Lower --lr or check the data, then --resume.")
+
+
+def _all_finite(params, dist: Dist) -> bool:
+    """Whether every parameter (every rank's local shard) is finite: one host sync."""
+    bad = torch.zeros((), dtype=torch.float32, device=next(iter(params := list(params))).device)
+    for p in params:
+        local = p.to_local() if hasattr(p, "to_local") else p
+        bad += (~torch.isfinite(local.detach())).any()
+    dist.all_reduce(bad)
+    return bad.item() == 0
+
+
 @torch.no_grad()
 def evaluate(model, batches: list[tuple[torch.Tensor, torch.Tensor]], dist: Dist, device, autocast) -> float:
     """Mean held-out next-token loss; ranks share the batches and all-reduce the sums."""
@@ -255,28 +284,30 @@ def train(cfg: TrainConfig) -> dict:
     val_tokens = shards.split("val")
     val = list(eval_batches(val_tokens, cfg.seq_len, micro, cfg.eval_batches)) if len(val_tokens) > cfg.seq_len else []
 
+    current = resume.settings(sampler, max_steps)
+    if cfg.resume and (finished := resume.finished_summary(out, current)) is not None:
+        if dist.is_main:
+            _note(f"the run in {out} is complete ({max_steps} steps); nothing to do")
+        dist.close()
+        return finished
+    resume.check_out_folder(out, cfg.data, cfg.resume, current)
     checkpoints = out / "checkpoints"
+    note = _note if dist.is_main else lambda text: None
     if dist.is_main:
         for leftover in ckpt.remove_temp_folders(checkpoints) + ckpt.remove_temp_folders(out):
-            _note(f"removed {leftover}, left by a save that was killed")
-    start_step, tokens_seen, resumed_from = 0, 0, None
-    if ckpt.step_folders(checkpoints) and not cfg.resume:
-        raise MeshLMError(f"{out} already holds checkpoints; pass --resume to continue or choose another --out")
+            note(f"removed {leftover}, left by a save that was killed")
+    start_step, tokens_seen, window = 0, 0, {"loss_sum": 0.0, "since": 0}
     model = MeshLMForCausalLM(model_cfg)
     opt_state = rng = None
-    if cfg.resume:
-        resumed_from = ckpt.newest_intact(checkpoints, _note if dist.is_main else lambda text: None)
+    resumed_from = ckpt.newest_intact(checkpoints, note) if cfg.resume else None
     if resumed_from is not None:
         state, opt_state, rng = ckpt.load_training_state(resumed_from, device)
-        saved = MeshLMConfig.from_pretrained(resumed_from)
-        if _architecture(saved) != _architecture(model_cfg):
-            raise MeshLMError(
-                f"cannot resume {resumed_from}: it holds a different model ({saved.layout}/{saved.scheme}, "
-                f"d={saved.hidden_size}) than this run asks for ({model_cfg.layout}/{model_cfg.scheme}, "
-                f"d={model_cfg.hidden_size})"
-            )
+        resume.check_model(MeshLMConfig.from_pretrained(resumed_from), model_cfg, resumed_from)
+        resume.check_settings(state["run"]["settings"], current, resumed_from)
+        if changed := resume.changed_update_options(state["run"]["train"], cfg):
+            note(f"note: resuming with {', '.join(changed)}; the run no longer matches an uninterrupted one")
         model = MeshLMForCausalLM.from_pretrained(resumed_from)
-        start_step, tokens_seen = state["step"], state["tokens_seen"]
+        start_step, tokens_seen, window = state["step"], state["tokens_seen"], state["window"]
     model.to(device)
     wrapped = wrap_model(model, dist, compile=cfg.compile)
     optimizer = build_optimizer(wrapped, cfg.lr, cfg.weight_decay)
@@ -305,30 +336,24 @@ def train(cfg: TrainConfig) -> dict:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "peak_flops": peak,
         "epochs": max_steps / max(1, sampler.steps_per_epoch),
+        "settings": current,
     }
-    logger = RunLogger(out, dist.is_main, cfg, max_steps, start_step, run_info)
+    logger = RunLogger(out, dist.is_main, cfg, max_steps, window["since"], run_info, purge_after=start_step)
+    health = _Health(checkpoints, resumed_from, 2 * math.log(model_cfg.vocab_size), dist)
 
-    def save(step: int, loss_value: float | None) -> None:
-        state = {"step": step, "tokens_seen": tokens_seen, "loss": loss_value, "run": run_info}
+    def save(step: int) -> None:
+        state = {"step": step, "tokens_seen": tokens_seen, "loss": last_loss, "window": window, "run": run_info}
         model_state, opt_full = dist.full_state(wrapped, optimizer)
         if dist.is_main:
-            ckpt.save_checkpoint(
-                checkpoints, step, model, tokenizer, opt_full, state, cfg.keep_checkpoints, model_state
+            path = ckpt.save_checkpoint(
+                checkpoints, step, model, tokenizer, opt_full, state, cfg.keep_checkpoints, model_state, health.good
             )
+            health.pending.append(path)
         dist.barrier()
-
-    def check_finite(loss_value: float, grad_norm: float, step: int) -> None:
-        if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
-            last = ckpt.list_checkpoints(checkpoints)
-            where = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was written yet"
-            raise MeshLMError(
-                f"non-finite loss ({loss_value}) or gradient norm ({grad_norm}) at step {step}; stopped, {where}. "
-                "Lower --lr or check the data."
-            )
 
     wrapped.train()
     tokens_per_step = global_seqs * cfg.seq_len
-    loss_sum = torch.zeros((), device=device)
+    loss_sum = torch.tensor(window["loss_sum"], device=device)
     last_loss = None
     t_last, tokens_last = time.perf_counter(), tokens_seen
     done = start_step
@@ -345,22 +370,30 @@ def train(cfg: TrainConfig) -> dict:
                 (loss / accum).backward()
                 loss_sum += loss.detach() / accum
             grad_norm = torch.nn.utils.clip_grad_norm_(wrapped.parameters(), cfg.grad_clip)
-            optimizer.step()
+            try:
+                optimizer.step()
+            except RuntimeError as err:  # an update too large for float32 (e.g. --lr 1e39)
+                if "overflow" not in str(err):
+                    raise
+                health.fail(f"the update of step {step + 1} overflows float32 ({err})")
             optimizer.zero_grad(set_to_none=True)
             tokens_seen += tokens_per_step
             done = step + 1
             is_last = done == max_steps
-            log_now = done % cfg.log_every == 0 or is_last or stop.hit is not None or done == cfg.stop_after
+            log_now = done % cfg.log_every == 0 or is_last
             eval_now = bool(val) and ((cfg.eval_every and done % cfg.eval_every == 0) or is_last)
             pause = cfg.stop_after is not None and done == cfg.stop_after and not is_last
             save_now = (cfg.save_every and done % cfg.save_every == 0) or is_last or pause or stop.hit is not None
             if log_now or eval_now or save_now:
-                dist.all_reduce(loss_sum, average=True)
-                steps_in_window = done - logger.last_logged_step
-                last_loss = loss_sum.item() / steps_in_window
+                window_sum = loss_sum.clone()
+                dist.all_reduce(window_sum, average=True)
+                window = {"loss_sum": window_sum.item(), "since": logger.last_logged_step}
+                last_loss = window["loss_sum"] / (done - logger.last_logged_step)
                 norm = grad_norm.item()
-                check_finite(last_loss, norm, done)
+                health.check(last_loss, norm, done, params=wrapped.parameters() if save_now else None)
+            if log_now or eval_now:
                 loss_sum.zero_()
+                window = {"loss_sum": 0.0, "since": done}
                 elapsed = time.perf_counter() - t_last
                 tok_s = (tokens_seen - tokens_last) / max(elapsed, 1e-9)
                 mfu = tok_s * counts.flops_per_token / peak if peak else None
@@ -380,12 +413,12 @@ def train(cfg: TrainConfig) -> dict:
                 logger.log(record)
                 t_last, tokens_last = time.perf_counter(), tokens_seen
             if save_now:
-                save(done, last_loss)
+                save(done)
             if stop.hit is not None or pause:
                 why = f"signal {stop.hit}" if stop.hit is not None else "--stop-after"
                 logger.message(f"stopped by {why} after step {done}; checkpoint saved, continue with --resume")
                 break
-    summary = logger.finish(tokens_seen, resumed_from)
+    summary = {**logger.finish(done, tokens_seen, resumed_from), "interrupted_by_signal": stop.hit}
     if done == max_steps:
         final_state, _ = dist.full_state(wrapped, None)
         if dist.is_main:

@@ -435,3 +435,115 @@ def test_an_lr_that_overflows_the_optimizer_stops_in_one_line(corpus, cache, tmp
     out = tmp_path / "run"
     line = cli_error(train_argv(corpus, cache, out, lr=1e39), capsys)
     assert "overflows float32" in line and "no good checkpoint" in line
+
+
+# --- bad inputs: one line, exit != 0, nothing lost ------------------------------------------
+
+BAD_TRAIN_OPTIONS = {
+    "batch_tokens=0": ({"batch_tokens": 0}, "--batch-tokens"),
+    "seq_len=0": ({"seq_len": 0}, "--seq-len"),
+    "log_every=0": ({"log_every": 0}, "--log-every"),
+    "log_every=-1": ({"log_every": -1}, "--log-every"),
+    "save_every=-1": ({"save_every": -1}, "--save-every"),
+    "eval_every=-1": ({"eval_every": -1}, "--eval-every"),
+    "lr=-1": ({"lr": -1}, "--lr"),
+    "lr=nan": ({"lr": "nan"}, "--lr"),
+    "lr=inf": ({"lr": "inf"}, "--lr"),
+    "seed=-1": ({"seed": -1}, "--seed"),
+    "device=tpu": ({"device": "tpu"}, "--device tpu"),
+    "keep_checkpoints=-1": ({"keep_checkpoints": -1}, "--keep-checkpoints"),
+    "grad_clip=-1": ({"grad_clip": -1}, "--grad-clip"),
+    "grad_clip=0": ({"grad_clip": 0}, "--grad-clip"),
+    "max_steps=-5": ({"max_steps": -5}, "--max-steps"),
+    "max_steps=0": ({"max_steps": 0}, "--max-steps"),
+    "micro_batch=0": ({"micro_batch": 0}, "--micro-batch"),
+    "weight_decay=-0.1": ({"weight_decay": -0.1}, "--weight-decay"),
+    "warmup_frac=-0.1": ({"warmup_frac": -0.1}, "--warmup-frac"),
+    "warmup_frac=2": ({"warmup_frac": 2}, "--warmup-frac"),
+    "stop_after=0": ({"stop_after": 0}, "--stop-after"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_TRAIN_OPTIONS))
+def test_bad_train_options_give_one_line_and_write_nothing(corpus, cache, tmp_path, capsys, case):
+    change, flag = BAD_TRAIN_OPTIONS[case]
+    out = tmp_path / "run"
+    assert flag in cli_error(train_argv(corpus, cache, out, **change), capsys)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("yaml_text, option", [('lr: "abc"', "--lr (lr) must be a float"), ('seq_len: "32"', "int")])
+def test_wrong_types_in_the_yaml_config_give_one_line(corpus, cache, tmp_path, capsys, yaml_text, option):
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml_text + "\n")
+    out = tmp_path / "run"
+    argv = [a for a in train_argv(corpus, cache, out) if not a.startswith(("--lr=", "--seq-len="))]
+    assert option in cli_error([*argv, "--config", config], capsys)
+    assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def shard_folder(paused, cache):
+    """The shard folder the module's runs tokenized their corpus into."""
+    return next(p.parent for p in Path(cache).rglob("manifest.json"))
+
+
+def test_out_that_is_a_file_a_shard_folder_or_a_run_without_checkpoints_is_refused(
+    paused, shard_folder, corpus, cache, tmp_path, capsys
+):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep me")
+    assert "is a file" in cli_error(train_argv(corpus, cache, a_file), capsys)
+    assert a_file.read_text() == "keep me"
+    shards_before = tree(shard_folder)
+    assert "is a data folder" in cli_error(train_argv(corpus, cache, shard_folder), capsys)
+    assert tree(shard_folder) == shards_before
+    out = copy_run(paused, tmp_path)
+    shutil.rmtree(out / "checkpoints")
+    before = tree(out)
+    assert "already holds a run" in cli_error(train_argv(corpus, cache, out, scheme="anchor"), capsys)
+    assert "--seed" in cli_error(train_argv(corpus, cache, out, resume=True, seed=3), capsys)
+    assert tree(out) == before
+    assert "notes.txt" in cli_error(["probe", newest(paused), "--data", corpus, "--out", a_file], capsys)
+    assert a_file.read_text() == "keep me"
+
+
+def test_token_ids_outside_the_vocabulary_give_one_line(shard_folder, cache, tmp_path, capsys):
+    bad = tmp_path / "shards"
+    shutil.copytree(shard_folder, bad)
+    tokens = np.memmap(bad / "train-00000.bin", dtype=np.uint16, mode="r+")
+    tokens[100] = 65000
+    tokens.flush()
+    out = tmp_path / "run"
+    argv = [a for a in train_argv(bad, cache, out) if not a.startswith("--tokenizer=")]
+    line = cli_error(argv, capsys)
+    assert "token id 65000" in line and "300 ids" in line
+    assert not out.exists()
+
+
+def test_keep_checkpoints_0_keeps_every_checkpoint(corpus, cache, tmp_path):
+    out = tmp_path / "run"
+    run(corpus, cache, out, save_every=1, keep_checkpoints=0)
+    assert len(ckpt.list_checkpoints(out / "checkpoints")) == 6
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["params", "--seq-len", "-5"], "--seq-len must be at least 1"),
+        (["compare", "--seeds=-1"], "--seeds"),
+        (["compare", "--seeds", "a,b"], "--seeds"),
+        (["compare", "--seeds", "0,0"], "without repeats"),
+        (["compare", "--variants", "base,base"], "without repeats"),
+        (["compare", "--variants", ","], "non-empty"),
+    ],
+)
+def test_bad_params_and_compare_lists_give_one_line(corpus, tmp_path, capsys, argv, message):
+    if argv[0] == "compare":
+        argv = [*argv, "--data", corpus, "--tokenizer", "bpe:300", "--out", str(tmp_path / "cmp"), "--max-steps", "2"]
+    assert message in cli_error(argv, capsys)
+    assert not (tmp_path / "cmp").exists()
+
+
+def test_eval_context_0_gives_one_line(straight, corpus, capsys):
+    assert "context 0" in cli_error(["eval", straight / "model", "--ppl", f"x={corpus}", "--context", "0"], capsys)

@@ -182,7 +182,7 @@ def evaluate_model_dir(args: argparse.Namespace) -> dict:
     model_dir = Path(args.model_dir).expanduser()
     model, tokenizer = load_model_dir(model_dir, args.trust_remote_code)
     device = prepare_model(model, args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    context = args.context or model_max_length(model)
+    context = model_max_length(model) if args.context is None else args.context
     check_context(model, context)
     stride = args.stride or context
     report: dict = {

@@ -113,10 +113,13 @@ def save_checkpoint(
     model_state: dict | None = None,
     protect: Path | None = None,
 ) -> Path:
-    """Atomically write checkpoint ``root/step-NNNNNNNN``; prune all but the newest ``keep`` and ``protect``."""
+    """Atomically write checkpoint ``root/step-NNNNNNNN``; prune all but the newest ``keep`` and ``protect``.
+
+    ``keep=0`` keeps every checkpoint.
+    """
     final = root / f"step-{step:08d}"
     save_atomically(final, model, tokenizer, state, model_state, optimizer_state)
-    for old in list_checkpoints(root)[:-keep]:
+    for old in list_checkpoints(root)[:-keep] if keep else []:
         if old != protect:
             shutil.rmtree(old, ignore_errors=True)
     return final

@@ -18,6 +18,7 @@ import shutil
 import signal
 import sys
 import time
+import typing
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,7 +108,56 @@ class TrainConfig:
         unknown = sorted(set(values) - names)
         if unknown:
             raise MeshLMError(f"unknown training option(s) {unknown}; known: {sorted(names - {'extra'})}")
-        return cls(**values)
+        cfg = cls(**values)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """MeshLMError naming the first option of the wrong type (e.g. YAML ``seq_len: "32"``) or out of range."""
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value, kinds = getattr(self, f.name), _accepted_types(hints[f.name])
+            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+                names = " or ".join(k.__name__ for k in kinds if k is not type(None))
+                raise MeshLMError(f"{_option(f.name)} must be a {names}, got {value!r}")
+            rule = _RANGES.get(f.name)
+            if rule is not None and value is not None and not rule[0](value):
+                raise MeshLMError(f"{_option(f.name)} must be {rule[1]}, got {value!r}")
+
+
+def _accepted_types(hint) -> tuple[type, ...]:
+    """The runtime types a field's hint admits (a float field takes ints too)."""
+    kinds = typing.get_args(hint) or (hint,)
+    return tuple(dict.fromkeys(k for kind in kinds for k in ((float, int) if kind is float else (kind,))))
+
+
+def _option(name: str) -> str:
+    return f"--{name.replace('_', '-')} ({name})"
+
+
+# option -> (accepts the value, what it must be); None (unset) is always accepted
+_RANGES = {
+    **dict.fromkeys(
+        (
+            "seq_len",
+            "batch_tokens",
+            "micro_batch",
+            "max_steps",
+            "max_tokens",
+            "stop_after",
+            "eval_batches",
+            "log_every",
+        ),
+        (lambda v: v >= 1, "at least 1"),
+    ),
+    **dict.fromkeys(("eval_every", "save_every"), (lambda v: v >= 0, "0 (only at the end) or more")),
+    "keep_checkpoints": (lambda v: v >= 0, "0 (keep every checkpoint) or more"),
+    "seed": (lambda v: v >= 0, "a non-negative integer"),
+    "lr": (lambda v: 0 < v < math.inf, "a positive finite number"),
+    "weight_decay": (lambda v: 0 <= v < math.inf, "a non-negative finite number"),
+    **dict.fromkeys(("warmup_frac", "final_lr_frac"), (lambda v: 0 <= v <= 1, "between 0 and 1")),
+    "grad_clip": (lambda v: v > 0, "positive (inf turns clipping off)"),
+}
 
 
 def _pad_vocab(n: int, multiple: int = 128) -> int:
@@ -132,7 +182,10 @@ def _note(text: str) -> None:
 
 def _resolve_device(name: str | None) -> torch.device:
     if name:
-        device = torch.device(name)
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise MeshLMError(f"--device {name} is not a device torch knows; give cpu, cuda or cuda:N") from None
         if device.type == "cuda" and not torch.cuda.is_available():
             raise MeshLMError(f"--device {name} asked for CUDA but no GPU is available")
         return device
@@ -263,18 +316,33 @@ def load_run_data(cfg: TrainConfig):
     return tokenizer, load_tokens(cfg.data, tokenizer, cache_dir=cfg.cache_dir)
 
 
+def check_token_ids(shards, vocab_size: int, source: str) -> None:
+    """MeshLMError if a split holds an id outside the vocabulary (one vectorised pass per split, at start)."""
+    for split in shards.splits:
+        tokens = shards.split(split)
+        if len(tokens) and (top := int(tokens.max())) >= vocab_size:
+            raise MeshLMError(
+                f"{source}: the {split} split holds token id {top}, outside the tokenizer's {vocab_size} ids; "
+                "prepare the shards again (meshlm data info --verify checks a folder)"
+            )
+
+
 def train(cfg: TrainConfig) -> dict:
     """Run (or resume) training as configured; returns the final summary (also in ``out/summary.json``)."""
     from meshlm.data.shards import TokenBatchSampler, eval_batches
+    from meshlm.data.sources import is_shard_dir
 
     if not cfg.data or not cfg.out:
         raise MeshLMError("give --data SOURCE and --out DIR")
+    cfg.validate()
     out = Path(cfg.out)
     dist = setup_distributed(cfg.fsdp)
     device = _resolve_device(cfg.device) if dist.world == 1 else dist.device
     torch.manual_seed(cfg.seed)
 
     tokenizer, shards = load_run_data(cfg)
+    if is_shard_dir(cfg.data):  # shards meshlm tokenized into its cache hold the tokenizer's ids by construction
+        check_token_ids(shards, tokenizer.vocab_size, cfg.data)
     model_cfg = build_model_config(cfg, tokenizer.vocab_size)
     global_seqs, micro, accum = _batch_shape(cfg, dist.world)
     max_steps = max_steps_of(cfg)

@@ -1,6 +1,7 @@
 """The training loop on CPU: schedule, decay groups, learning, exact resume, atomic checkpoints, NaN stop."""
 
 import dataclasses
+import errno
 import itertools
 import json
 import math
@@ -104,18 +105,18 @@ def test_resume_after_signal_gives_bitwise_equal_losses(corpus, tmp_path, monkey
 
 def test_crash_mid_save_keeps_previous_checkpoint(corpus, tmp_path, monkeypatch):
     out = tmp_path / "run"
-    train(tiny(corpus, out, max_steps=4, save_every=2))
+    train(tiny(corpus, out, max_steps=6, save_every=2, stop_after=4))
     before = ckpt.list_checkpoints(out / "checkpoints")
     assert [p.name for p in before] == ["step-00000002", "step-00000004"]
     real_save = ckpt.save_state
 
     def crash(obj, path):
         if path.name == ckpt.OPTIMIZER_FILE:
-            raise OSError("disk full (simulated)")
+            raise OSError(errno.ENOSPC, "No space left on device (simulated)")
         return real_save(obj, path)
 
     monkeypatch.setattr(ckpt, "save_state", crash)
-    with pytest.raises(OSError, match="simulated"):
+    with pytest.raises(MeshLMError, match=r"disk is full.*simulated.*untouched"):
         train(tiny(corpus, out, max_steps=6, save_every=2, resume=True))
     after = ckpt.list_checkpoints(out / "checkpoints")
     assert after == before

@@ -110,6 +110,8 @@ def cmd_params(args: argparse.Namespace) -> int:
     """Print parameter counts and training FLOPs per token."""
     if not args.preset and (args.layout or args.scheme or args.buffer_size):
         raise MeshLMError("--layout/--scheme/--buffer-size need --preset (e.g. --preset pythia-410m)")
+    if args.seq_len is not None and args.seq_len < 1:
+        raise MeshLMError(f"--seq-len must be at least 1, got {args.seq_len}")
     rows = _params_rows(args)
     if args.json:
         payload = [dict(preset=p, layout=lay, scheme=s, **c) for p, lay, s, c in rows]

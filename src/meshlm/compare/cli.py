@@ -9,12 +9,30 @@ from meshlm.compare.plan import Sweep, Variant
 from meshlm.compare.report import print_report
 from meshlm.compare.run import run_sweep
 from meshlm.errors import MeshLMError
+from meshlm.eval.cli import parse_int_list
 
 COMPARE_KEYS = ("variants", "seeds", "evals", "eval_tokens", "probe_samples", "allow_repeat", "parallel")
 
 
 def _split_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _distinct(items: list, option: str, key=str) -> list:
+    """``items`` if non-empty and without repeats (a repeat would train and count the same run twice)."""
+    names = [key(item) for item in items]
+    if not names or len(set(names)) != len(names):
+        raise MeshLMError(f"{option} takes a non-empty comma list without repeats, got {','.join(names)!r}")
+    return items
+
+
+def _seeds(value) -> list[int]:
+    """Seeds from ``--seeds 0,1`` or a YAML list: non-negative integers."""
+    if isinstance(value, str):
+        return parse_int_list(value, "--seeds")
+    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value):
+        raise MeshLMError(f"seeds must be non-negative integers, got {value!r}")
+    return list(value)
 
 
 def sweep_from_args(args) -> Sweep:
@@ -36,8 +54,12 @@ def sweep_from_args(args) -> Sweep:
         evals[name] = source
     return Sweep(
         train=train_cfg,
-        variants=[Variant.parse(v) for v in (_split_list(variants) if isinstance(variants, str) else variants)],
-        seeds=[int(s) for s in (_split_list(seeds) if isinstance(seeds, str) else seeds)],
+        variants=_distinct(
+            [Variant.parse(v) for v in (_split_list(variants) if isinstance(variants, str) else variants)],
+            "--variants",
+            key=lambda v: v.slug,
+        ),
+        seeds=_distinct(_seeds(seeds), "--seeds"),
         out=Path(train_cfg.out),
         evals=evals,
         eval_tokens=args.eval_tokens or extra.get("eval_tokens") or Sweep.eval_tokens,

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from meshlm.accounting import count_parameters
 from meshlm.data.shards import load_tokens
@@ -25,6 +26,7 @@ from meshlm.eval.perplexity import documents_to_stream, rolling_document_perplex
 from meshlm.eval.scoring import check_context, model_max_length, prepare_model
 from meshlm.eval.tables import report_markdown, table1_row
 from meshlm.hub import refuse_foreign_code
+from meshlm.train.checkpoint import check_intact
 from meshlm.train.logging import quiet_transformers
 
 SHARD_SPLIT = "val"
@@ -125,11 +127,15 @@ def parse_int_list(value: str, option: str) -> list[int]:
 
 
 def resolve_model_dir(path: str | Path) -> Path:
-    """The model folder at ``path``: the folder itself (config.json) or a training run's ``model/``."""
+    """The model folder at ``path``: the folder itself (config.json) or a training run's ``model/``.
+
+    A folder meshlm saved is checked against its recorded checksums first (MeshLMError if damaged).
+    """
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise MeshLMError(f"{folder} is not a folder; give a model folder written by meshlm train.")
     for candidate in (folder, folder / "model"):
+        check_intact(candidate)
         if (candidate / "config.json").is_file():
             return candidate
     raise MeshLMError(
@@ -152,8 +158,8 @@ def load_model_dir(model_dir: str | Path, trust_remote_code: bool = False):
         with quiet_transformers():
             model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, **trust)
         tokenizer = AutoTokenizer.from_pretrained(str(folder), **trust)
-    except (OSError, ValueError, KeyError) as e:
-        raise MeshLMError(f"cannot load the model in {folder}: {e}") from e
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
+        raise MeshLMError(f"cannot load the model in {folder}: {e}") from None
     return model, tokenizer
 
 
@@ -205,7 +211,7 @@ def evaluate_model_dir(args: argparse.Namespace) -> dict:
     model_dir = resolve_model_dir(args.model_dir)
     model, tokenizer = load_model_dir(model_dir, args.trust_remote_code)
     device = prepare_model(model, args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    context = args.context or model_max_length(model)
+    context = model_max_length(model) if args.context is None else args.context
     check_context(model, context)
     stride = args.stride or context
     report: dict = {

@@ -68,6 +68,8 @@ def _run(args: argparse.Namespace) -> int:
         "precision": args.precision,
     }
     out = Path(args.out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise MeshLMError(f"--out {out} is a file; give a folder for the probe results.")
     if args.compare is not None:
         results = compare_dirs(
             args.compare, out, labels=_labels(args.labels), data=args.data, figures=args.figures, **options

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM
 
@@ -164,7 +165,7 @@ def _load_model(folder: Path) -> MeshLMForCausalLM:
     try:
         with quiet_transformers():
             return AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, trust_remote_code=False)
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
         raise MeshLMError(f"cannot load the model in {folder}: {e}") from None
 
 

@@ -125,13 +125,15 @@ def config_from_args(args: argparse.Namespace, file_values: dict | None = None) 
 
 
 def _run(args: argparse.Namespace) -> int:
+    """Train; exit 128 + N when signal N (SIGINT 130, SIGTERM 143) stopped the run after its checkpoint."""
     cfg = config_from_args(args)
     summary = train(cfg)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank returns; the first one reports
         print(json.dumps(summary, indent=2))
         if summary["steps"] == max_steps_of(cfg):
             print(f"model saved to {Path(cfg.out) / 'model'}", file=sys.stderr)
-    return 0
+    signum = summary.get("interrupted_by_signal")
+    return 128 + signum if signum else 0
 
 
 def add_subcommand(subparsers) -> None:

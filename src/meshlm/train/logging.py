@@ -14,12 +14,18 @@ from pathlib import Path
 class RunLogger:
     """Writes the logs of one run from the main process (other ranks only track the step)."""
 
-    def __init__(self, out: Path, is_main: bool, cfg, max_steps: int, start_step: int, run_info: dict) -> None:
+    def __init__(
+        self, out: Path, is_main: bool, cfg, max_steps: int, window_start: int, run_info: dict, purge_after: int = 0
+    ) -> None:
+        """``purge_after``: the step a resume starts from; what was logged past it is dropped.
+
+        ``window_start`` is the last logged step before it, where the current loss window began.
+        """
         self.out, self.is_main, self.max_steps = out, is_main, max_steps
-        self.last_logged_step = start_step
+        self.last_logged_step = window_start
         self.records: list[dict] = []
         self.t0 = time.perf_counter()
-        self.start_step = start_step
+        self.start_step = self.shown_step = purge_after
         self.bar = self.tb = None
         self.plain = not cfg.progress
         if not is_main:
@@ -27,21 +33,24 @@ class RunLogger:
         out.mkdir(parents=True, exist_ok=True)
         (out / "run.json").write_text(json.dumps(run_info, indent=2, default=str) + "\n")
         self.log_path = out / "log.jsonl"
-        self._truncate_after(start_step)
+        self._truncate_after(purge_after)
         if cfg.tensorboard:
-            self.tb = _tensorboard_writer(out / "tb")
+            self.tb = _tensorboard_writer(out / "tb", purge_step=purge_after + 1 if purge_after else None)
         if cfg.progress:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=max_steps, initial=start_step, desc=out.name, unit="step", dynamic_ncols=True)
+            self.bar = tqdm(total=max_steps, initial=purge_after, desc=out.name, unit="step", dynamic_ncols=True)
 
     def _truncate_after(self, step: int) -> None:
-        """On resume, drop log lines past the checkpoint so the log reads as one uninterrupted run."""
+        """On resume, drop log lines past the checkpoint so the log reads as one uninterrupted run.
+
+        The kept records stay in :attr:`records`, so the summary covers the whole run.
+        """
         if not self.log_path.exists():
             return
         lines = [ln for ln in self.log_path.read_text().splitlines() if ln.strip()]
-        kept = [ln for ln in lines if json.loads(ln)["step"] <= step]
-        self.log_path.write_text("".join(ln + "\n" for ln in kept))
+        self.records = [r for r in map(json.loads, lines) if r["step"] <= step]
+        self.log_path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
 
     def log(self, record: dict) -> None:
         self.records.append(record)
@@ -57,7 +66,8 @@ class RunLogger:
                     self.tb.add_scalar(key if "/" in key else f"train/{key}", value, record["step"])
             self.tb.flush()
         if self.bar is not None:
-            self.bar.update(record["step"] - self.last_logged_step)
+            self.bar.update(record["step"] - self.shown_step)
+            self.shown_step = record["step"]
             shown = {"loss": f"{record['loss']:.4f}", "tok/s": f"{record['tokens_per_s']:.0f}"}
             if "val_loss" in record:
                 shown["val"] = f"{record['val_loss']:.4f}"
@@ -72,12 +82,12 @@ class RunLogger:
         if self.is_main:
             (self.bar.write if self.bar is not None else print)(text, file=sys.stderr)
 
-    def finish(self, tokens_seen: int, resumed_from) -> dict:
-        """Close the writers and return (and save) the run summary."""
+    def finish(self, steps: int, tokens_seen: int, resumed_from) -> dict:
+        """Close the writers and return the run summary (:meth:`write_summary` saves it, after the model)."""
         evals = [r for r in self.records if "val_loss" in r]
         last = self.records[-1] if self.records else {}
         summary = {
-            "steps": last.get("step", self.start_step),
+            "steps": steps,
             "tokens_seen": tokens_seen,
             "final_loss": last.get("loss"),
             "final_val_loss": evals[-1]["val_loss"] if evals else None,
@@ -90,8 +100,12 @@ class RunLogger:
                 self.bar.close()
             if self.tb is not None:
                 self.tb.close()
-            (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return summary
+
+    def write_summary(self, summary: dict) -> None:
+        """``summary.json``, written last: once it exists, everything the run saved is in place."""
+        if self.is_main:
+            (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
 def _duration(seconds: float) -> str:
@@ -130,11 +144,15 @@ def quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def _tensorboard_writer(path: Path):
-    """A TensorBoard SummaryWriter, or None (with a note) when tensorboard is not installed."""
+def _tensorboard_writer(path: Path, purge_step: int | None = None):
+    """A TensorBoard SummaryWriter, or None (with a note) when tensorboard is not installed.
+
+    ``purge_step`` (on resume) hides the events an earlier, killed process logged from that step
+    on, so TensorBoard shows each step once.
+    """
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         print("note: tensorboard is not installed, no event files (pip install 'meshlm[tensorboard]')", file=sys.stderr)
         return None
-    return SummaryWriter(str(path))
+    return SummaryWriter(str(path), purge_step=purge_step)

@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 import signal
+import sys
 import time
+import typing
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +32,7 @@ from meshlm.errors import MeshLMError
 from meshlm.model import MeshLMForCausalLM
 from meshlm.model.schemes import SchemeStatistics
 from meshlm.train import checkpoint as ckpt
+from meshlm.train import resume
 from meshlm.train.distributed import Dist, setup_distributed, wrap_model
 from meshlm.train.hardware import cpu_threads, measure_bf16_peak
 from meshlm.train.logging import RunLogger, quiet_transformers
@@ -106,27 +110,56 @@ class TrainConfig:
         unknown = sorted(set(values) - names)
         if unknown:
             raise MeshLMError(f"unknown training option(s) {unknown}; known: {sorted(names - {'extra'})}")
-        return cls(**values)
+        cfg = cls(**values)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """MeshLMError naming the first option of the wrong type (e.g. YAML ``seq_len: "32"``) or out of range."""
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value, kinds = getattr(self, f.name), _accepted_types(hints[f.name])
+            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+                names = " or ".join(k.__name__ for k in kinds if k is not type(None))
+                raise MeshLMError(f"{_option(f.name)} must be a {names}, got {value!r}")
+            rule = _RANGES.get(f.name)
+            if rule is not None and value is not None and not rule[0](value):
+                raise MeshLMError(f"{_option(f.name)} must be {rule[1]}, got {value!r}")
 
 
-ARCHITECTURE_FIELDS = (
-    "vocab_size",
-    "hidden_size",
-    "num_attention_heads",
-    "intermediate_size",
-    "layout",
-    "scheme",
-    "buffer_size",
-    "mesh_transition_input",
-    "rotary_pct",
-    "use_parallel_residual",
-    "scale_embeddings",
-)
+def _accepted_types(hint) -> tuple[type, ...]:
+    """The runtime types a field's hint admits (a float field takes ints too)."""
+    kinds = typing.get_args(hint) or (hint,)
+    return tuple(dict.fromkeys(k for kind in kinds for k in ((float, int) if kind is float else (kind,))))
 
 
-def _architecture(config: MeshLMConfig) -> dict:
-    """The config fields that decide the weights' shapes and meaning (what a resume must match)."""
-    return {name: getattr(config, name) for name in ARCHITECTURE_FIELDS}
+def _option(name: str) -> str:
+    return f"--{name.replace('_', '-')} ({name})"
+
+
+# option -> (accepts the value, what it must be); None (unset) is always accepted
+_RANGES = {
+    **dict.fromkeys(
+        (
+            "seq_len",
+            "batch_tokens",
+            "micro_batch",
+            "max_steps",
+            "max_tokens",
+            "stop_after",
+            "eval_batches",
+            "log_every",
+        ),
+        (lambda v: v >= 1, "at least 1"),
+    ),
+    **dict.fromkeys(("eval_every", "save_every"), (lambda v: v >= 0, "0 (only at the end) or more")),
+    "keep_checkpoints": (lambda v: v >= 0, "0 (keep every checkpoint) or more"),
+    "seed": (lambda v: v >= 0, "a non-negative integer"),
+    "lr": (lambda v: 0 < v < math.inf, "a positive finite number"),
+    "weight_decay": (lambda v: 0 <= v < math.inf, "a non-negative finite number"),
+    **dict.fromkeys(("warmup_frac", "final_lr_frac"), (lambda v: 0 <= v <= 1, "between 0 and 1")),
+    "grad_clip": (lambda v: v > 0, "positive (inf turns clipping off)"),
+}
 
 
 def _pad_vocab(n: int, multiple: int = 128) -> int:
@@ -145,9 +178,16 @@ def build_model_config(cfg: TrainConfig, vocab_size: int) -> MeshLMConfig:
     return model_cfg
 
 
+def _note(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
 def _resolve_device(name: str | None) -> torch.device:
     if name:
-        device = torch.device(name)
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise MeshLMError(f"--device {name} is not a device torch knows; give cpu, cuda or cuda:N") from None
         if device.type == "cuda" and not torch.cuda.is_available():
             raise MeshLMError(f"--device {name} asked for CUDA but no GPU is available")
         return device
@@ -200,6 +240,53 @@ class _StopSignal:
             signal.signal(sig, handler)
 
 
+class _Health:
+    """Divergence checks and which checkpoint is known to be good.
+
+    A checkpoint holds the weights after its step's update; it is *good* once a later check
+    (the next log, eval or save step) has seen a healthy loss computed with them. A failed
+    check stops the run: the checkpoints written since the last healthy check are moved aside
+    (``suspect-step-N``, kept, never resumed from) and pruning never removes the good one.
+    Healthy: finite loss, grad norm and (on save steps) parameters, and a loss window mean of
+    at most ``max_loss`` (twice a uniform guess's loss, ln V).
+    """
+
+    def __init__(self, root: Path, good: Path | None, max_loss: float, dist: Dist) -> None:
+        self.root, self.good, self.max_loss, self.dist = root, good, max_loss, dist
+        self.pending: list[Path] = []
+
+    def check(self, loss: float, grad_norm: float, step: int, params=None) -> None:
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            self.fail(f"non-finite loss ({loss}) or gradient norm ({grad_norm}) at step {step}")
+        if loss > self.max_loss:
+            self.fail(f"the loss diverged to {loss:.4g} at step {step} (above 2 ln(vocab) = {self.max_loss:.3g})")
+        if self.pending:  # their weights gave this healthy loss
+            self.good, self.pending = self.pending[-1], []
+        if params is not None and not _all_finite(params, self.dist):
+            self.fail(f"the update of step {step} made parameters non-finite")
+
+    def fail(self, what: str) -> None:
+        moved = []
+        for path in self.pending if self.dist.is_main else []:
+            aside = path.with_name(f"suspect-{path.name}")
+            shutil.rmtree(aside, ignore_errors=True)
+            path.rename(aside)
+            moved.append(aside.name)
+        where = f"the last good checkpoint is {self.good}" if self.good else "no good checkpoint was written"
+        aside = f" (moved {', '.join(moved)} aside: saved after the last healthy check)" if moved else ""
+        raise MeshLMError(f"{what}; stopped, {where}{aside}. Lower --lr or check the data, then --resume.")
+
+
+def _all_finite(params, dist: Dist) -> bool:
+    """Whether every parameter (every rank's local shard) is finite: one host sync."""
+    bad = torch.zeros((), dtype=torch.float32, device=next(iter(params := list(params))).device)
+    for p in params:
+        local = p.to_local() if hasattr(p, "to_local") else p
+        bad += (~torch.isfinite(local.detach())).any()
+    dist.all_reduce(bad)
+    return bad.item() == 0
+
+
 @torch.no_grad()
 def evaluate(
     model, batches: list[tuple[torch.Tensor, torch.Tensor]], dist: Dist, device, autocast, stats: SchemeStatistics
@@ -240,12 +327,25 @@ def load_run_data(cfg: TrainConfig):
     return tokenizer, load_tokens(cfg.data, tokenizer, cache_dir=cfg.cache_dir)
 
 
+def check_token_ids(shards, vocab_size: int, source: str) -> None:
+    """MeshLMError if a split holds an id outside the vocabulary (one vectorised pass per split, at start)."""
+    for split in shards.splits:
+        parts = [part for part in shards.split(split).parts if len(part)]
+        if parts and (top := max(int(part.max()) for part in parts)) >= vocab_size:
+            raise MeshLMError(
+                f"{source}: the {split} split holds token id {top}, outside the tokenizer's {vocab_size} ids; "
+                "prepare the shards again (meshlm data info --verify checks a folder)"
+            )
+
+
 def train(cfg: TrainConfig) -> dict:
     """Run (or resume) training as configured; returns the final summary (also in ``out/summary.json``)."""
     from meshlm.data.shards import TokenBatchSampler, eval_batches
+    from meshlm.data.sources import is_shard_dir
 
     if not cfg.data or not cfg.out:
         raise MeshLMError("give --data SOURCE and --out DIR")
+    cfg.validate()
     out = Path(cfg.out)
     dist = setup_distributed(cfg.fsdp)
     device = _resolve_device(cfg.device) if dist.world == 1 else dist.device
@@ -254,6 +354,8 @@ def train(cfg: TrainConfig) -> dict:
     torch.manual_seed(cfg.seed)
 
     tokenizer, shards = load_run_data(cfg)
+    if is_shard_dir(cfg.data):  # shards meshlm tokenized into its cache hold the tokenizer's ids by construction
+        check_token_ids(shards, tokenizer.vocab_size, cfg.data)
     model_cfg = build_model_config(cfg, tokenizer.vocab_size)
     global_seqs, micro, accum = _batch_shape(cfg, dist.world)
     max_steps = max_steps_of(cfg)
@@ -263,26 +365,31 @@ def train(cfg: TrainConfig) -> dict:
     val_tokens = shards.split("val")
     val = list(eval_batches(val_tokens, cfg.seq_len, micro, cfg.eval_batches)) if len(val_tokens) > cfg.seq_len else []
 
+    current = resume.settings(sampler, max_steps)
+    if cfg.resume and (finished := resume.finished_summary(out, current)) is not None:
+        if dist.is_main:
+            _note(f"the run in {out} is complete ({max_steps} steps); nothing to do")
+        dist.close()
+        return finished
+    resume.check_out_folder(out, cfg.data, cfg.resume, current)
     checkpoints = out / "checkpoints"
-    start_step, tokens_seen, resumed_from = 0, 0, None
-    existing = ckpt.list_checkpoints(checkpoints)
-    if existing and not cfg.resume:
-        raise MeshLMError(f"{out} already holds checkpoints; pass --resume to continue or choose another --out")
+    note = _note if dist.is_main else lambda text: None
+    if dist.is_main:
+        for leftover in ckpt.remove_temp_folders(checkpoints) + ckpt.remove_temp_folders(out):
+            note(f"removed {leftover}, left by a save that was killed")
+    start_step, tokens_seen, window = 0, 0, {"loss_sum": 0.0, "since": 0}
     model = MeshLMForCausalLM(model_cfg)
     opt_state = rng = None
-    if cfg.resume and existing:
-        resumed_from = existing[-1]
+    resumed_from = ckpt.newest_intact(checkpoints, note) if cfg.resume else None
+    if resumed_from is not None:
         state, opt_state, rng = ckpt.load_training_state(resumed_from, device)
-        saved = MeshLMConfig.from_pretrained(resumed_from)
-        if _architecture(saved) != _architecture(model_cfg):
-            raise MeshLMError(
-                f"cannot resume {resumed_from}: it holds a different model ({saved.layout}/{saved.scheme}, "
-                f"d={saved.hidden_size}) than this run asks for ({model_cfg.layout}/{model_cfg.scheme}, "
-                f"d={model_cfg.hidden_size})"
-            )
+        resume.check_model(MeshLMConfig.from_pretrained(resumed_from), model_cfg, resumed_from)
+        resume.check_settings(state["run"]["settings"], current, resumed_from)
+        if changed := resume.changed_update_options(state["run"]["train"], cfg):
+            note(f"note: resuming with {', '.join(changed)}; the run no longer matches an uninterrupted one")
         with quiet_transformers():
             model = MeshLMForCausalLM.from_pretrained(resumed_from)
-        start_step, tokens_seen = state["step"], state["tokens_seen"]
+        start_step, tokens_seen, window = state["step"], state["tokens_seen"], state["window"]
     model.to(device)
     model.set_activation_checkpointing(cfg.activation_checkpointing)
     wrapped = wrap_model(model, dist, compile=cfg.compile)
@@ -313,33 +420,27 @@ def train(cfg: TrainConfig) -> dict:
         "cpu_threads": torch.get_num_threads(),
         "peak_flops": peak,
         "epochs": max_steps / max(1, sampler.steps_per_epoch),
+        "settings": current,
     }
-    logger = RunLogger(out, dist.is_main, cfg, max_steps, start_step, run_info)
+    logger = RunLogger(out, dist.is_main, cfg, max_steps, window["since"], run_info, purge_after=start_step)
+    health = _Health(checkpoints, resumed_from, 2 * math.log(model_cfg.vocab_size), dist)
     if cfg.compile:
         logger.message("torch.compile: compiling the model in the first step (a minute or more, longer on CPU)")
 
-    def save(step: int, loss_value: float | None) -> None:
-        state = {"step": step, "tokens_seen": tokens_seen, "loss": loss_value, "run": run_info}
+    def save(step: int) -> None:
+        state = {"step": step, "tokens_seen": tokens_seen, "loss": last_loss, "window": window, "run": run_info}
         model_state, opt_full = dist.full_state(wrapped, optimizer)
         if dist.is_main:
             with quiet_transformers():
-                ckpt.save_checkpoint(
-                    checkpoints, step, model, tokenizer, opt_full, state, cfg.keep_checkpoints, model_state
+                path = ckpt.save_checkpoint(
+                    checkpoints, step, model, tokenizer, opt_full, state, cfg.keep_checkpoints, model_state, health.good
                 )
+            health.pending.append(path)
         dist.barrier()
-
-    def check_finite(loss_value: float, grad_norm: float, step: int) -> None:
-        if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
-            last = ckpt.list_checkpoints(checkpoints)
-            where = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint was written yet"
-            raise MeshLMError(
-                f"non-finite loss ({loss_value}) or gradient norm ({grad_norm}) at step {step}; stopped, {where}. "
-                "Lower --lr or check the data."
-            )
 
     wrapped.train()
     tokens_per_step = global_seqs * cfg.seq_len
-    loss_sum = torch.zeros((), device=device)
+    loss_sum = torch.tensor(window["loss_sum"], device=device)
     last_loss = None
     t_last, tokens_last = time.perf_counter(), tokens_seen
     done = start_step
@@ -357,22 +458,30 @@ def train(cfg: TrainConfig) -> dict:
                     (loss / accum).backward()
                 loss_sum += loss.detach() / accum
             grad_norm = torch.nn.utils.clip_grad_norm_(wrapped.parameters(), cfg.grad_clip)
-            optimizer.step()
+            try:
+                optimizer.step()
+            except RuntimeError as err:  # an update too large for float32 (e.g. --lr 1e39)
+                if "overflow" not in str(err):
+                    raise
+                health.fail(f"the update of step {step + 1} overflows float32 ({err})")
             optimizer.zero_grad(set_to_none=True)
             tokens_seen += tokens_per_step
             done = step + 1
             is_last = done == max_steps
-            log_now = done % cfg.log_every == 0 or is_last or stop.hit is not None or done == cfg.stop_after
+            log_now = done % cfg.log_every == 0 or is_last
             eval_now = bool(val) and ((cfg.eval_every and done % cfg.eval_every == 0) or is_last)
             pause = cfg.stop_after is not None and done == cfg.stop_after and not is_last
             save_now = (cfg.save_every and done % cfg.save_every == 0) or is_last or pause or stop.hit is not None
             if log_now or eval_now or save_now:
-                dist.all_reduce(loss_sum, average=True)
-                steps_in_window = done - logger.last_logged_step
-                last_loss = loss_sum.item() / steps_in_window
+                window_sum = loss_sum.clone()
+                dist.all_reduce(window_sum, average=True)
+                window = {"loss_sum": window_sum.item(), "since": logger.last_logged_step}
+                last_loss = window["loss_sum"] / (done - logger.last_logged_step)
                 norm = grad_norm.item()
-                check_finite(last_loss, norm, done)
+                health.check(last_loss, norm, done, params=wrapped.parameters() if save_now else None)
+            if log_now or eval_now:
                 loss_sum.zero_()
+                window = {"loss_sum": 0.0, "since": done}
                 elapsed = time.perf_counter() - t_last
                 tok_s = (tokens_seen - tokens_last) / max(elapsed, 1e-9)
                 mfu = tok_s * counts.flops_per_token / peak if peak else None
@@ -396,17 +505,18 @@ def train(cfg: TrainConfig) -> dict:
                 logger.log(record)
                 t_last, tokens_last = time.perf_counter(), tokens_seen
             if save_now:
-                save(done, last_loss)
+                save(done)
             if stop.hit is not None or pause:
                 why = f"signal {stop.hit}" if stop.hit is not None else "--stop-after"
                 logger.message(f"stopped by {why} after step {done}; checkpoint saved, continue with --resume")
                 break
-    summary = logger.finish(tokens_seen, resumed_from)
+    summary = {**logger.finish(done, tokens_seen, resumed_from), "interrupted_by_signal": stop.hit}
     if done == max_steps:
         final_state, _ = dist.full_state(wrapped, None)
         if dist.is_main:
             with quiet_transformers():
-                ckpt.save_model_dir(out / "model", model, tokenizer, {**summary, "run": run_info}, final_state)
+                ckpt.save_atomically(out / "model", model, tokenizer, {**summary, "run": run_info}, final_state)
+    logger.write_summary(summary)
     dist.barrier()
     dist.close()
     return summary

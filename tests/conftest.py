@@ -19,6 +19,8 @@ SCHEME_CASES = [
     ("dynamic", "1+2R2+1"),
     ("mesh", "1+2R2+1"),
     ("mesh", "1+1+1+1"),
+    ("linear", "1+2R2+1"),
+    ("diagonal", "1+2R3+1"),
 ]
 
 

@@ -69,6 +69,12 @@ def add_subcommand(subparsers) -> None:
         metavar="[NAME=]FILE.jsonl",
         help="LAMBADA accuracy/perplexity on a jsonl with a 'text' field; NAME defaults to the file stem",
     )
+    p.add_argument(
+        "--loops",
+        metavar="K1,K2,...",
+        help="also report every --ppl/--rolling perplexity with the shared core run K1, K2, ... times "
+        "(the test-time-compute curve; recursive meshlm models only), e.g. 1,2,3,4,6,8",
+    )
     p.add_argument("--tasks", help="comma-separated lm-eval tasks, e.g. piqa,arc_easy,lambada_openai")
     p.add_argument("--num-fewshot", default="0", help="comma-separated shot counts for --tasks (default 0)")
     p.add_argument("--include-path", help="folder of extra lm-eval task YAMLs")
@@ -103,6 +109,18 @@ def parse_int_list(value: str, option: str) -> list[int]:
     if not numbers or any(n < 0 for n in numbers):
         raise MeshLMError(f"{option} takes comma-separated non-negative integers, got {value!r}.")
     return numbers
+
+
+def loop_counts(value: str | None, model) -> list[int]:
+    """The ``--loops`` counts, checked against the model: it must be a meshlm model with a shared core."""
+    if value is None:
+        return []
+    counts = parse_int_list(value, "--loops")
+    if getattr(model.config, "model_type", None) != "meshlm":
+        raise MeshLMError(f"--loops needs a recursive meshlm model; {type(model).__name__} has no loop count.")
+    for k in counts:
+        model.config.parsed_layout.with_loops(k)  # refuses 0 and layouts without a shared core
+    return list(dict.fromkeys(counts))
 
 
 def load_model_dir(model_dir: str | Path):
@@ -182,13 +200,20 @@ def evaluate_model_dir(args: argparse.Namespace) -> dict:
         },
     }
     common = {"batch_size": args.batch_size, "device": device, "progress": True}
-    for name, source in ppl_specs:
-        tokens, n_bytes = _ppl_stream(model_dir, source, args.max_tokens, tokenizer)
-        result = token_perplexity(model, tokens, context, stride, n_bytes=n_bytes, **common)
-        report.setdefault("ppl", {})[name] = {"source": source, **result}
-    for name, source in rolling_specs:
-        result = rolling_document_perplexity(model, tokenizer, list(iter_documents(source)), context, **common)
-        report.setdefault("rolling", {})[name] = {"source": source, **result}
+    loops = loop_counts(getattr(args, "loops", None), model)
+    if loops and not (ppl_specs or rolling_specs):
+        raise MeshLMError("--loops reports perplexity per loop count; give --ppl or --rolling as well.")
+    streams = {name: _ppl_stream(model_dir, source, args.max_tokens, tokenizer) for name, source in ppl_specs}
+    documents = {name: list(iter_documents(source)) for name, source in rolling_specs}
+    for k in [None, *loops]:
+        at_k = {} if k is None else report.setdefault("loops", {}).setdefault(str(k), {})
+        for name, source in ppl_specs:
+            tokens, n_bytes = streams[name]
+            result = token_perplexity(model, tokens, context, stride, n_bytes=n_bytes, num_loops=k, **common)
+            (report if k is None else at_k).setdefault("ppl", {})[name] = {"source": source, **result}
+        for name, source in rolling_specs:
+            result = rolling_document_perplexity(model, tokenizer, documents[name], context, num_loops=k, **common)
+            (report if k is None else at_k).setdefault("rolling", {})[name] = {"source": source, **result}
     for name, path in lambada_specs:
         report.setdefault("lambada", {})[name] = {"source": path, **lambada(model, tokenizer, path, **common)}
     limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit

@@ -20,6 +20,9 @@ HELP = {
     "eval_every": "evaluate held-out loss every N steps (and always at the end); 0 = only at the end",
     "stop_after": "stop (with a checkpoint) after this many steps, keeping the schedule of --max-steps",
     "save_every": "checkpoint every N steps (and always at the end); 0 = only at the end",
+    "train_loops": "loop count per optimizer step: fixed (the layout's K), uniform:MIN-MAX or poisson:MEAN, "
+    "drawn from (seed, step) so every rank and a resumed run agree",
+    "backprop_loops": "backpropagate through the last N loop iterations only; earlier ones run under no_grad",
 }
 
 

@@ -23,11 +23,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from meshlm.accounting import count
+from meshlm.accounting import count, expected_flops_per_token
 from meshlm.config import MeshLMConfig
 from meshlm.errors import MeshLMError
 from meshlm.model import MeshLMForCausalLM
 from meshlm.train import checkpoint as ckpt
+from meshlm.train.depth import LoopSchedule
 from meshlm.train.distributed import Dist, setup_distributed, wrap_model
 from meshlm.train.hardware import measure_bf16_peak
 from meshlm.train.logging import RunLogger
@@ -41,6 +42,8 @@ MODEL_FIELDS = (
     "router_init",
     "router_init_bias",
     "mesh_transition_input",
+    "linear_init",
+    "diagonal_decay_init",
     "hidden_size",
     "num_attention_heads",
     "intermediate_size",
@@ -65,6 +68,8 @@ class TrainConfig:
     router_init: str | None = None
     router_init_bias: float | None = None
     mesh_transition_input: str | None = None
+    linear_init: str | None = None
+    diagonal_decay_init: float | None = None
     hidden_size: int | None = None
     num_attention_heads: int | None = None
     intermediate_size: int | None = None
@@ -72,6 +77,8 @@ class TrainConfig:
     scale_embeddings: bool | None = None
     rotary_pct: float | None = None
     initializer_range: float | None = None
+    train_loops: str = "fixed"
+    backprop_loops: int | None = None
     seq_len: int = 256
     batch_tokens: int = 8192
     micro_batch: int | None = None
@@ -255,6 +262,9 @@ def train(cfg: TrainConfig) -> dict:
     existing = ckpt.list_checkpoints(checkpoints)
     if existing and not cfg.resume:
         raise MeshLMError(f"{out} already holds checkpoints; pass --resume to continue or choose another --out")
+    schedule = LoopSchedule.parse(cfg.train_loops, model_cfg.parsed_layout)
+    if cfg.backprop_loops is not None and cfg.backprop_loops < 1:
+        raise MeshLMError(f"--backprop-loops must be >= 1, got {cfg.backprop_loops}")
     model = MeshLMForCausalLM(model_cfg)
     opt_state = rng = None
     if cfg.resume and existing:
@@ -270,13 +280,17 @@ def train(cfg: TrainConfig) -> dict:
         model = MeshLMForCausalLM.from_pretrained(resumed_from)
         start_step, tokens_seen = state["step"], state["tokens_seen"]
     model.to(device)
-    wrapped = wrap_model(model, dist, compile=cfg.compile)
+    # a step of fewer loops than K leaves later steps' routers/gates unused (and truncation the prelude of base)
+    varying = schedule.is_random or cfg.backprop_loops is not None
+    wrapped = wrap_model(model, dist, compile=cfg.compile, find_unused_parameters=varying)
     optimizer = build_optimizer(wrapped, cfg.lr, cfg.weight_decay)
     if opt_state is not None:
         dist.load_optimizer_state(wrapped, optimizer, opt_state)
         ckpt.set_rng_state(rng)
 
     counts = count(model_cfg, cfg.seq_len)
+    # MFU and the run's FLOPs use the expected cost of a step under random depth / truncated backprop
+    flops_per_token = expected_flops_per_token(model_cfg, cfg.seq_len, schedule.distribution(), cfg.backprop_loops)
     peak = measure_bf16_peak(device) if dist.is_main else 0.0
     use_bf16 = device.type == "cuda"
 
@@ -287,6 +301,12 @@ def train(cfg: TrainConfig) -> dict:
         "model": model_cfg.to_diff_dict(),
         "train": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "extra"},
         "params": counts.as_dict(),
+        "depth": {
+            "train_loops": str(schedule),
+            "expected_loops": schedule.mean,
+            "backprop_loops": cfg.backprop_loops,
+            "expected_flops_per_token": flops_per_token,
+        },
         "tokenizer": tokenizer.name,
         "data": {"train_tokens": len(shards.split("train")), "val_tokens": len(val_tokens)},
         "world_size": dist.world,
@@ -321,6 +341,7 @@ def train(cfg: TrainConfig) -> dict:
     wrapped.train()
     tokens_per_step = global_seqs * cfg.seq_len
     loss_sum = torch.zeros((), device=device)
+    loops_sum = 0
     last_loss = None
     t_last, tokens_last = time.perf_counter(), tokens_seen
     done = start_step
@@ -330,10 +351,14 @@ def train(cfg: TrainConfig) -> dict:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             batches = sampler.batches_for_step(step)
+            loops = schedule.loops_at(cfg.seed, step)
+            loops_sum += loops
+            depth = {"num_loops": loops or None, "backprop_loops": cfg.backprop_loops}
             for i, (x, y) in enumerate(batches):
                 sync = dist.no_sync(wrapped) if i < len(batches) - 1 else nullcontext()
                 with sync, autocast():
-                    loss = wrapped(x.to(device, non_blocking=True), targets=y.to(device, non_blocking=True)).loss
+                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                    loss = wrapped(x, targets=y, **depth).loss
                 (loss / accum).backward()
                 loss_sum += loss.detach() / accum
             grad_norm = torch.nn.utils.clip_grad_norm_(wrapped.parameters(), cfg.grad_clip)
@@ -355,7 +380,7 @@ def train(cfg: TrainConfig) -> dict:
                 loss_sum.zero_()
                 elapsed = time.perf_counter() - t_last
                 tok_s = (tokens_seen - tokens_last) / max(elapsed, 1e-9)
-                mfu = tok_s * counts.flops_per_token / peak if peak else None
+                mfu = tok_s * flops_per_token / peak if peak else None
                 record = {
                     "step": done,
                     "loss": last_loss,
@@ -365,7 +390,9 @@ def train(cfg: TrainConfig) -> dict:
                     "tokens_per_s": tok_s,
                     "mfu": mfu,
                     "epoch": sampler.epoch_of(step),
+                    "loops": loops_sum / steps_in_window,
                 }
+                loops_sum = 0
                 if eval_now:
                     record["val_loss"] = evaluate(wrapped, val, dist, device, autocast)
                     record["val_ppl"] = math.exp(min(record["val_loss"], 50))

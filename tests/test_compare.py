@@ -104,6 +104,7 @@ def test_sweep_same_data_order_full_report_and_resume(sweep, monkeypatch):
     for v in VARIANTS:
         assert f"| {v} |" in report
     assert "Gap closure" in report
+    assert "± 0.0000" not in report and "± n/a" in report  # one seed: no spread, no interval
     data = json.loads((sweep.out / "report.json").read_text())
     assert set(data["variants"]) == set(VARIANTS)
     assert data["variants"]["vanilla"]["held-out"]["delta_vs_vanilla"] == 0

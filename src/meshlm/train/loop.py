@@ -393,6 +393,8 @@ def train(cfg: TrainConfig) -> dict:
                     "loops": loops_sum / steps_in_window,
                 }
                 loops_sum = 0
+                if device.type == "cuda":  # what a run of this shape needs (compare --parallel, bench/)
+                    record["max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
                 if eval_now:
                     record["val_loss"] = evaluate(wrapped, val, dist, device, autocast)
                     record["val_ppl"] = math.exp(min(record["val_loss"], 50))

@@ -1,0 +1,106 @@
+"""``meshlm compare`` and ``meshlm demo``: flags and sweep YAML to a :class:`Sweep`, and the subcommands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from meshlm.compare.demo import DEMO, run_demo
+from meshlm.compare.plan import Sweep, Variant
+from meshlm.compare.report import print_report
+from meshlm.compare.run import run_sweep
+from meshlm.errors import MeshLMError
+
+COMPARE_KEYS = ("variants", "seeds", "evals", "eval_tokens", "probe_samples", "allow_repeat", "parallel")
+
+
+def _split_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def sweep_from_args(args) -> Sweep:
+    """A Sweep from ``meshlm compare`` flags and an optional ``--config`` YAML (flags win)."""
+    from meshlm.train.cli import config_from_args, read_config_file
+
+    loaded = read_config_file(args.config) if args.config is not None else {}
+    extra = {k: loaded.pop(k) for k in COMPARE_KEYS if k in loaded}
+    train_cfg = config_from_args(args, loaded)
+    if not train_cfg.out:
+        raise MeshLMError("give --out DIR for the comparison report")
+    variants = args.variants or extra.get("variants") or "vanilla,base,residual,anchor,anchor*,mesh"
+    seeds = args.seeds or extra.get("seeds") or "0"
+    evals = dict(extra.get("evals") or {})
+    for item in args.eval or []:
+        name, sep, source = item.partition("=")
+        if not sep or not name or not source:
+            raise MeshLMError(f"--eval takes NAME=SOURCE, got {item!r}")
+        evals[name] = source
+    return Sweep(
+        train=train_cfg,
+        variants=[Variant.parse(v) for v in (_split_list(variants) if isinstance(variants, str) else variants)],
+        seeds=[int(s) for s in (_split_list(seeds) if isinstance(seeds, str) else seeds)],
+        out=Path(train_cfg.out),
+        evals=evals,
+        eval_tokens=args.eval_tokens or extra.get("eval_tokens") or Sweep.eval_tokens,
+        probe_samples=args.probe_samples if args.probe_samples is not None else extra.get("probe_samples", 16),
+        allow_repeat=bool(args.allow_repeat or extra.get("allow_repeat", False)),
+        parallel=_parallel(args.parallel if args.parallel is not None else extra.get("parallel", 1)),
+    )
+
+
+def _parallel(value) -> int:
+    if not isinstance(value, int) or value < 1:
+        raise MeshLMError(f"--parallel takes a number of runs >= 1, got {value!r}")
+    return value
+
+
+def _run_compare(args) -> int:
+    sweep = sweep_from_args(args)
+    run_sweep(sweep)
+    print_report(sweep.out)
+    return 0
+
+
+def _run_scaling(args) -> int:
+    from meshlm.compare.scaling import write_scaling
+
+    out = Path(args.out)
+    write_scaling([Path(f) for f in args.sweeps], out)
+    print((out / "scaling.md").read_text())
+    print(f"scaling report: {out / 'scaling.md'} (scaling.json and scaling.png beside it)")
+    return 0
+
+
+def add_subcommand(subparsers) -> None:
+    """Register ``meshlm compare``, ``meshlm scaling`` and ``meshlm demo``."""
+    from meshlm.train.cli import add_train_arguments
+
+    parser = subparsers.add_parser("compare", help="train, evaluate and probe variants at matched compute")
+    add_train_arguments(parser)
+    parser.add_argument(
+        "--variants",
+        help="comma list: vanilla, base, residual, anchor, anchor*, a+b, static, "
+        "dynamic, mesh (default: vanilla,base,residual,anchor,anchor*,mesh)",
+    )
+    parser.add_argument("--seeds", help="comma list of seeds (default 0)")
+    parser.add_argument("--eval", action="append", metavar="NAME=SOURCE", help="extra held-out eval set (repeatable)")
+    parser.add_argument("--eval-tokens", type=int, help="tokens per eval set (default 262144)")
+    parser.add_argument("--probe-samples", type=int, help="held-out windows probed per variant (0 = no probe)")
+    parser.add_argument("--allow-repeat", action="store_true", help="allow a budget of more than one epoch")
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        metavar="N",
+        help="train up to N runs at once as subprocesses on the device (lowered to what fits in GPU memory)",
+    )
+    parser.set_defaults(func=_run_compare)
+    scaling = subparsers.add_parser(
+        "scaling", help="merge finished sweeps of one recipe at different token budgets into a scaling report"
+    )
+    scaling.add_argument("sweeps", nargs="+", metavar="SWEEP_DIR", help="`meshlm compare --out` folders")
+    scaling.add_argument("--out", required=True, help="folder for scaling.md, scaling.json, scaling.png")
+    scaling.set_defaults(func=_run_scaling)
+    demo = subparsers.add_parser("demo", help="the embedded default: a tiny vanilla/base/anchor/mesh comparison on CPU")
+    demo.add_argument("--out", default="meshlm-demo", help="report folder (default ./meshlm-demo)")
+    demo.add_argument("--max-steps", type=int, help=f"steps per variant (default {DEMO['max_steps']})")
+    demo.add_argument("--cache-dir", help="where tokenizers and shards are cached")
+    demo.set_defaults(func=run_demo)

@@ -1,0 +1,187 @@
+"""The sweep's numbers and their presentation: summary over seeds, report.md, the loss-curve figure."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import statistics
+from pathlib import Path
+
+from meshlm.compare.plan import Sweep, log
+from meshlm.compare.stats import LEVEL, fmt_pm, interval, sample_std
+
+# the references every variant is paired against, when the sweep has them
+REFERENCES = ("anchor", "vanilla")
+
+
+def summarize(sweep: Sweep, planned: dict, evals: dict) -> dict:
+    """Per-variant mean and sample std over seeds, paired differences, deltas vs vanilla, gap closures vs base.
+
+    ``paired[ref]`` holds, per seed, ``loss(variant) - loss(ref)`` (same seed = same data order, so the
+    pairing removes the data-order noise both share) with its mean and t interval (:func:`interval`).
+    """
+    names = list(next(iter(evals.values()))[sweep.seeds[0]].keys())
+    vanilla_params = next((planned["variants"][v.name]["non_embedding"] for v in sweep.variants if v.vanilla), None)
+    table = {}
+    for variant in sweep.variants:
+        row = dict(planned["variants"][variant.name])
+        if vanilla_params:
+            row["non_embedding_vs_vanilla"] = row["non_embedding"] / vanilla_params - 1
+        for name in names:
+            losses = [evals[variant.name][seed][name]["loss"] for seed in sweep.seeds]
+            mean = statistics.fmean(losses)
+            row[name] = {
+                "loss_mean": mean,
+                "loss_std": sample_std(losses),
+                "ppl_mean": math.exp(mean),
+                "losses": losses,
+            }
+        table[variant.name] = row
+    for variant in table:
+        for name in names:
+            mine = table[variant][name]["losses"]
+            table[variant][name]["paired"] = {
+                ref: interval([a - b for a, b in zip(mine, table[ref][name]["losses"], strict=True)])
+                for ref in REFERENCES
+                if ref in table and ref != variant
+            }
+    gaps = {}
+    if "vanilla" in table and "base" in table:
+        for name in names:
+            base, van = table["base"][name]["loss_mean"], table["vanilla"][name]["loss_mean"]
+            for variant in table:
+                table[variant][name]["delta_vs_vanilla"] = table[variant][name]["loss_mean"] - van
+            if abs(base - van) > 1e-12:
+                gaps[name] = {
+                    v: (base - table[v][name]["loss_mean"]) / (base - van)
+                    for v in table
+                    if v not in ("base", "vanilla")
+                }
+    runs = {
+        v.name: {str(s): str(sweep.run_dir(v, s).relative_to(sweep.out)) for s in sweep.seeds} for v in sweep.variants
+    }
+    train = {k: v for k, v in dataclasses.asdict(sweep.train).items() if k != "extra"}
+    return {
+        "plan": planned,
+        "train": train,
+        "eval_sets": names,
+        "seeds": sweep.seeds,
+        "runs": runs,
+        "variants": table,
+        "gap_closure": gaps,
+    }
+
+
+def _paired_cell(row: dict, ref: str) -> str:
+    paired = row["paired"].get(ref)
+    return "-" if paired is None else fmt_pm(paired["mean"], paired["half_width"], signed=True)
+
+
+def report_markdown(summary: dict, sweep: Sweep) -> str:
+    """The Table-1-style report: params, FLOPs, held-out loss/PPL (mean ± std), paired deltas, gap closure."""
+    plan_ = summary["plan"]
+    cfg = sweep.train
+    lines = [
+        "# meshlm comparison",
+        "",
+        f"Preset `{cfg.preset}`, data `{cfg.data}`, tokenizer `{plan_['tokenizer']}`, seq len {cfg.seq_len}, "
+        f"global batch {cfg.batch_tokens:,} tokens, {plan_['steps']} steps "
+        f"({plan_['steps'] * cfg.batch_tokens:,} tokens, {plan_['epochs']:.2f} epochs of "
+        f"{plan_['train_tokens']:,} training tokens), peak lr {cfg.lr}, seeds {summary['seeds']}; "
+        f"every variant saw the same batches in the same order (data order {plan_['data_order']}).",
+        "",
+        f"Loss: mean ± sample std over the {len(summary['seeds'])} seed(s). Δ vs anchor / vanilla: mean over seeds "
+        "of the paired difference `loss(variant) - loss(reference)` on the same seed (negative = variant better) "
+        f"± the half-width of its {LEVEL:.0%} t interval (n - 1 degrees of freedom); n/a with one seed.",
+        "",
+    ]
+    sets = summary["eval_sets"]
+    header = ["layout", "variant", "non-emb params", "vs vanilla", "FLOPs/token", "total FLOPs"]
+    for name in sets:
+        header += [f"{name} loss", f"{name} PPL", f"{name} Δ vs anchor", f"{name} Δ vs vanilla"]
+    lines += ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for variant, row in summary["variants"].items():
+        rel = row.get("non_embedding_vs_vanilla")
+        cells = [
+            row["layout"],
+            variant,
+            f"{row['non_embedding']:,}",
+            "-" if rel is None else f"{100 * rel:+.1f}%",
+            f"{row['flops_per_token']:.3e}",
+            f"{row['total_flops']:.3e}",
+        ]
+        for name in sets:
+            r = row[name]
+            cells += [
+                fmt_pm(r["loss_mean"], r["loss_std"]),
+                f"{r['ppl_mean']:.2f}",
+                _paired_cell(r, "anchor"),
+                _paired_cell(r, "vanilla"),
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"Paired differences per seed (seeds {summary['seeds']}), with {LEVEL:.0%} intervals:", ""]
+    for name in sets:
+        for variant, row in summary["variants"].items():
+            for ref, p in row[name]["paired"].items():
+                bounds = "n/a" if p["low"] is None else f"[{p['low']:+.4f}, {p['high']:+.4f}]"
+                per_seed = ", ".join(f"{d:+.4f}" for d in p["values"])
+                lines.append(f"- {name}: {variant} - {ref} = {p['mean']:+.4f}, CI {bounds} (per seed: {per_seed})")
+    if summary["gap_closure"]:
+        lines += [
+            "",
+            "Gap closure `(base - variant) / (base - vanilla)` of mean held-out loss "
+            "(1 = reaches vanilla, 0 = no better than base):",
+            "",
+        ]
+        for name, gaps in summary["gap_closure"].items():
+            lines.append(f"- {name}: " + ", ".join(f"{v} {g:+.2f}" for v, g in gaps.items()))
+    lines += [
+        "",
+        "Files: `report.json` (every number), `loss_curves.png`, `probe/` (diagnostics side by side), "
+        "`runs/<variant>-seed<k>/` (logs, checkpoints, final model, `eval.json`).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def plot_loss_curves(sweep: Sweep, path: Path) -> Path | None:
+    """Training loss (mean over seeds) and held-out points of every variant against tokens, one plot."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        log("note: matplotlib is not installed, no loss_curves.png (pip install 'meshlm[plot]')")
+        return None
+    fig = Figure(figsize=(8, 5), dpi=120)
+    ax = fig.add_subplot()
+    for variant in sweep.variants:
+        curves = []
+        for seed in sweep.seeds:
+            log_path = sweep.run_dir(variant, seed) / "log.jsonl"
+            curves.append([json.loads(line) for line in log_path.read_text().splitlines() if line.strip()])
+        n = min(len(c) for c in curves)
+        tokens = [curves[0][i]["tokens"] for i in range(n)]
+        loss = [statistics.fmean(c[i]["loss"] for c in curves) for i in range(n)]
+        (line,) = ax.plot(tokens, loss, label=variant.name, linewidth=1.2)
+        val = [(r["tokens"], r["val_loss"]) for r in curves[0] if "val_loss" in r]
+        if val:
+            ax.plot(*zip(*val, strict=True), "o", color=line.get_color(), markersize=3)
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title("Training loss (lines, mean over seeds) and held-out loss (dots, first seed)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    lows = [
+        min(json.loads(x)["loss"] for x in (sweep.run_dir(v, s) / "log.jsonl").read_text().splitlines())
+        for v in sweep.variants
+        for s in sweep.seeds
+    ]
+    ax.set_ylim(min(lows) - 0.1, min(lows) + 2.5)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def print_report(out: Path) -> None:
+    """Print a finished sweep's report.md and where its files are."""
+    print((out / "report.md").read_text())
+    print(f"report: {out / 'report.md'} (figures and report.json beside it)")

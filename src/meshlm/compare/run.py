@@ -1,0 +1,134 @@
+"""Running a sweep: train every variant x seed (resuming), evaluate, probe, and write the report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from meshlm.compare.parallel import fit_parallel, train_parallel
+from meshlm.compare.plan import Sweep, log, plan
+from meshlm.compare.report import plot_loss_curves, report_markdown, summarize
+from meshlm.data.shards import load_tokens
+from meshlm.errors import MeshLMError
+from meshlm.train.loop import load_run_data
+
+
+def _finished(run_dir: Path, steps: int) -> bool:
+    state = run_dir / "model" / "trainer_state.json"
+    return state.exists() and json.loads(state.read_text()).get("steps") == steps
+
+
+def _eval_tokens(shards, limit: int, held_out: bool) -> torch.Tensor:
+    """The first ``limit`` tokens of ``shards``: its validation split, or all of it for an extra eval set."""
+    import numpy as np
+
+    parts = [shards.split("val")] if held_out else [shards.split(s) for s in shards.splits]
+    tokens = np.concatenate([np.asarray(p) for p in parts])[:limit]
+    if len(tokens) < 2:
+        where = "in its val split" if held_out else "at all"
+        raise MeshLMError(f"eval set {shards.path} has no tokens to evaluate {where}")
+    return torch.from_numpy(tokens.astype(np.int64))
+
+
+def evaluate_run(sweep: Sweep, run_dir: Path, eval_sets: dict) -> dict:
+    """Held-out loss/PPL of one finished run on every eval set (cached in ``run_dir/eval.json``)."""
+    from transformers import AutoModelForCausalLM
+
+    from meshlm.eval.perplexity import token_perplexity
+
+    cached = run_dir / "eval.json"
+    if cached.exists():
+        return json.loads(cached.read_text())
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "model")
+    device = sweep.train.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    seq = sweep.train.seq_len
+    result = {
+        name: token_perplexity(model, tokens, context=seq, stride=seq, batch_size=16, device=device)
+        for name, tokens in eval_sets.items()
+    }
+    cached.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def probe_variants(sweep: Sweep) -> list[Path]:
+    """Diagnostics of each variant's first-seed model on held-out windows, figures side by side."""
+    if sweep.probe_samples < 1:
+        return []
+    from meshlm.probe.figures import write_figures
+    from meshlm.probe.run import probe_dir
+
+    results = {}
+    for variant in sweep.variants:
+        run = sweep.run_dir(variant, sweep.seeds[0])
+        results[variant.name] = probe_dir(
+            run / "model",
+            sweep.train.data,
+            samples=sweep.probe_samples,
+            seq_len=sweep.train.seq_len,
+            out_dir=run / "probe",
+            device=sweep.train.device,
+            progress=False,
+        )
+    return write_figures(results, sweep.out / "probe")
+
+
+def run_sweep(sweep: Sweep) -> dict:
+    """Train, evaluate, probe and report every variant x seed; skips what is already done."""
+    from meshlm.train.loop import train
+
+    tokenizer, shards = load_run_data(sweep.train)
+    planned = plan(sweep, (tokenizer, shards))
+    sweep.out.mkdir(parents=True, exist_ok=True)
+    log("variant      layout      non-emb params   FLOPs/token   total FLOPs")
+    for name, row in planned["variants"].items():
+        log(
+            f"{name:<12} {row['layout']:<11} {row['non_embedding']:>14,}   {row['flops_per_token']:.3e}   "
+            f"{row['total_flops']:.3e}"
+        )
+    eval_sets = {"held-out": _eval_tokens(shards, sweep.eval_tokens, held_out=True)}
+    for name, source in sweep.evals.items():
+        extra = load_tokens(source, tokenizer, cache_dir=sweep.train.cache_dir)
+        eval_sets[name] = _eval_tokens(extra, sweep.eval_tokens, held_out=False)
+    pending = []
+    for seed in sweep.seeds:
+        for variant in sweep.variants:
+            if _finished(sweep.run_dir(variant, seed), planned["steps"]):
+                log(f"[skip] {variant.name} seed {seed}: already trained")
+            else:
+                pending.append((variant, seed))
+    n = fit_parallel(sweep, pending, tokenizer.vocab_size) if sweep.parallel > 1 else 1
+    if n > 1:
+
+        def evaluate_finished(variant, seed) -> None:
+            """Evaluate a run as soon as it is done, while the others still train: no serial tail."""
+            if _finished(sweep.run_dir(variant, seed), planned["steps"]):
+                evaluate_run(sweep, sweep.run_dir(variant, seed), eval_sets)
+
+        train_parallel(sweep, pending, n, evaluate_finished)
+    else:
+        for variant, seed in pending:
+            log(f"[train] {variant.name} seed {seed} -> {sweep.run_dir(variant, seed)}")
+            train(sweep.run_config(variant, seed))
+    unfinished = [
+        str(sweep.run_dir(v, s))
+        for s in sweep.seeds
+        for v in sweep.variants
+        if not _finished(sweep.run_dir(v, s), planned["steps"])
+    ]
+    if unfinished:
+        raise MeshLMError(
+            f"{len(unfinished)} run(s) stopped before the end ({', '.join(unfinished)}); "
+            "run the same command again to continue them"
+        )
+    evals = {
+        v.name: {s: evaluate_run(sweep, sweep.run_dir(v, s), eval_sets) for s in sweep.seeds} for v in sweep.variants
+    }
+    summary = summarize(sweep, planned, evals)
+    figures = probe_variants(sweep)
+    curves = plot_loss_curves(sweep, sweep.out / "loss_curves.png")
+    summary["figures"] = [str(p.relative_to(sweep.out)) for p in [*figures, *([curves] if curves else [])]]
+    (sweep.out / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (sweep.out / "report.md").write_text(report_markdown(summary, sweep))
+    return summary

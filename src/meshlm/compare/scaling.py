@@ -1,0 +1,198 @@
+"""``meshlm scaling``: several finished sweeps of one recipe at different token budgets, merged into one curve.
+
+Every sweep folder must hold a ``report.json`` written by ``meshlm compare`` (so all its runs
+finished) with the same variants (names, layouts, schemes), sequence length, tokenizer and model
+width; only the budget may differ. Per budget: held-out loss per variant (mean and sample std
+over that sweep's seeds), and the paired differences ``variant - anchor`` and ``variant - vanilla``
+per seed with their t intervals (:mod:`meshlm.compare.stats`). Written as ``scaling.json``,
+``scaling.md`` and ``scaling.png`` (with matplotlib).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from meshlm.compare.plan import log
+from meshlm.compare.report import REFERENCES
+from meshlm.compare.stats import LEVEL, fmt_pm, interval, sample_std
+from meshlm.errors import MeshLMError
+
+# what must agree between the sweeps of one curve (besides the variants' layouts and schemes)
+RECIPE_KEYS = ("preset", "hidden_size", "num_attention_heads", "intermediate_size", "seq_len")
+
+
+def read_sweep(folder: Path) -> dict:
+    """The report.json of a finished sweep, or one clear error."""
+    path = Path(folder) / "report.json"
+    if not path.is_file():
+        raise MeshLMError(f"{folder} is not a finished sweep (no report.json); run `meshlm compare` to finish it")
+    try:
+        report = json.loads(path.read_text())
+    except ValueError as err:
+        raise MeshLMError(f"{path} is not valid JSON ({err})") from None
+    if not isinstance(report, dict) or not {"plan", "variants", "seeds", "eval_sets"} <= set(report):
+        raise MeshLMError(f"{path} is not a meshlm compare report")
+    if "train" not in report:
+        raise MeshLMError(
+            f"{path} predates the scaling merge (no training options in it); run the same `meshlm compare` "
+            "command again to rewrite it (finished runs are not retrained)"
+        )
+    report["folder"] = str(folder)
+    return report
+
+
+def _recipe(report: dict) -> dict:
+    variants = {name: (row["layout"], row["scheme"]) for name, row in report["variants"].items()}
+    return {
+        "variants": variants,
+        "tokenizer": report["plan"]["tokenizer"],
+        **{key: report["train"].get(key) for key in RECIPE_KEYS},
+    }
+
+
+def _check_same_recipe(reports: list[dict]) -> dict:
+    first = _recipe(reports[0])
+    for report in reports[1:]:
+        other = _recipe(report)
+        for key, value in first.items():
+            if other[key] != value:
+                raise MeshLMError(
+                    f"sweeps {reports[0]['folder']} and {report['folder']} differ in {key} ({value} vs {other[key]}); "
+                    "a scaling curve merges sweeps of one recipe at different budgets"
+                )
+    tokens = [r["plan"]["steps"] * r["train"]["batch_tokens"] for r in reports]
+    if len(set(tokens)) != len(tokens):
+        raise MeshLMError(
+            f"two of the sweeps train on the same number of tokens ({sorted(tokens)}); give one per budget"
+        )
+    return first
+
+
+def _budget(report: dict, eval_sets: list[str]) -> dict:
+    """One budget's row: loss per variant and the paired differences against each reference."""
+    tokens = report["plan"]["steps"] * report["train"]["batch_tokens"]
+    row = {"tokens": tokens, "steps": report["plan"]["steps"], "seeds": report["seeds"], "sweep": report["folder"]}
+    for name in eval_sets:
+        losses = {v: r[name]["losses"] for v, r in report["variants"].items()}
+        row[name] = {
+            "loss": {
+                v: {"mean": statistics.fmean(x), "std": sample_std(x), "n": len(x), "losses": x}
+                for v, x in losses.items()
+            },
+            "paired": {
+                ref: {
+                    v: interval([a - b for a, b in zip(x, losses[ref], strict=True)])
+                    for v, x in losses.items()
+                    if v != ref
+                }
+                for ref in REFERENCES
+                if ref in losses
+            },
+        }
+    return row
+
+
+def merge(folders: list[Path]) -> dict:
+    """The scaling summary of sweep ``folders`` (any order; sorted by training tokens)."""
+    if len(folders) < 2:
+        raise MeshLMError("give at least two sweep folders (one per token budget) to merge into a scaling curve")
+    reports = [read_sweep(f) for f in folders]
+    recipe = _check_same_recipe(reports)
+    eval_sets = [s for s in reports[0]["eval_sets"] if all(s in r["eval_sets"] for r in reports)]
+    budgets = sorted((_budget(r, eval_sets) for r in reports), key=lambda b: b["tokens"])
+    return {"recipe": recipe, "eval_sets": eval_sets, "level": LEVEL, "budgets": budgets}
+
+
+def scaling_markdown(summary: dict) -> str:
+    """Two tables per eval set: loss vs tokens, and the paired differences vs tokens."""
+    variants = list(summary["recipe"]["variants"])
+    layouts = ", ".join(f"{v} `{layout}`/{scheme}" for v, (layout, scheme) in summary["recipe"]["variants"].items())
+    lines = [
+        "# meshlm scaling",
+        "",
+        f"Variants {layouts}; seq len {summary['recipe']['seq_len']}, tokenizer `{summary['recipe']['tokenizer']}`. "
+        "Loss: mean ± sample std over each budget's seeds. Differences: mean over seeds of the paired "
+        "`loss(variant) - loss(reference)` on the same seed (negative = variant better) ± the half-width of its "
+        f"{summary['level']:.0%} t interval; n/a with one seed.",
+    ]
+    for name in summary["eval_sets"]:
+        header = ["tokens", "steps", "seeds", *variants]
+        lines += ["", f"## {name} loss", "", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+        for b in summary["budgets"]:
+            cells = [f"{b['tokens']:,}", str(b["steps"]), str(len(b["seeds"]))]
+            cells += [fmt_pm(b[name]["loss"][v]["mean"], b[name]["loss"][v]["std"]) for v in variants]
+            lines.append("| " + " | ".join(cells) + " |")
+        pairs = [(ref, v) for ref, per in summary["budgets"][0][name]["paired"].items() for v in per]
+        header = ["tokens", *(f"{v} - {ref}" for ref, v in pairs)]
+        lines += [
+            "",
+            f"## {name} paired differences",
+            "",
+            "| " + " | ".join(header) + " |",
+            "|" + " --- |" * len(header),
+        ]
+        for b in summary["budgets"]:
+            cells = [f"{b['tokens']:,}"]
+            for ref, v in pairs:
+                p = b[name]["paired"][ref][v]
+                cells.append(fmt_pm(p["mean"], p["half_width"], signed=True))
+            lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Sweeps: " + ", ".join(f"`{b['sweep']}`" for b in summary["budgets"]) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def _pairs_to_plot(paired: dict) -> list[tuple[str, str]]:
+    """mesh-family variants against anchor, and every variant against vanilla."""
+    return [("anchor", v) for v in paired.get("anchor", {}) if v != "vanilla"] + [
+        ("vanilla", v) for v in paired.get("vanilla", {})
+    ]
+
+
+def plot_scaling(summary: dict, path: Path) -> Path | None:
+    """Loss vs tokens per variant (left) and paired differences vs tokens with intervals (right), per eval set."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        log("note: matplotlib is not installed, no scaling.png (pip install 'meshlm[plot]')")
+        return None
+    sets = summary["eval_sets"]
+    fig = Figure(figsize=(12, 4.5 * len(sets)), dpi=120)
+    axes = fig.subplots(len(sets), 2, squeeze=False)
+    tokens = [b["tokens"] for b in summary["budgets"]]
+    for (left, right), name in zip(axes, sets, strict=True):
+        for v in summary["recipe"]["variants"]:
+            means = [b[name]["loss"][v]["mean"] for b in summary["budgets"]]
+            stds = [b[name]["loss"][v]["std"] or 0.0 for b in summary["budgets"]]
+            left.errorbar(tokens, means, yerr=stds, marker="o", capsize=3, label=v)
+        pairs = _pairs_to_plot(summary["budgets"][0][name]["paired"])
+        for i, (ref, v) in enumerate(pairs):
+            points = [b[name]["paired"][ref][v] for b in summary["budgets"]]
+            halves = [p["half_width"] or 0.0 for p in points]
+            shifted = [t * 1.03 ** (i - (len(pairs) - 1) / 2) for t in tokens]  # side by side, not on top
+            means = [p["mean"] for p in points]
+            right.errorbar(shifted, means, yerr=halves, marker="o", capsize=3, label=f"{v} - {ref}")
+        right.axhline(0.0, color="black", linewidth=0.8)
+        left.set_title(f"{name} loss (mean ± std over seeds)")
+        right.set_title(f"{name}: paired differences ({summary['level']:.0%} t intervals)")
+        for ax, ylabel in ((left, "loss (nats/token)"), (right, "Δ loss (nats/token)")):
+            ax.set_xscale("log")
+            ax.set_xlabel("training tokens")
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def write_scaling(folders: list[Path], out: Path) -> dict:
+    """Merge ``folders`` and write scaling.json, scaling.md and scaling.png into ``out``."""
+    summary = merge(folders)
+    out.mkdir(parents=True, exist_ok=True)
+    figure = plot_scaling(summary, out / "scaling.png")
+    summary["figures"] = [figure.name] if figure else []
+    (out / "scaling.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "scaling.md").write_text(scaling_markdown(summary))
+    return summary

@@ -1,0 +1,210 @@
+"""A sweep's statistics: t quantiles, paired intervals, and report numbers recomputed from every run's eval.json."""
+
+import json
+import math
+import statistics
+
+import pytest
+
+from conftest import tiny_run
+from meshlm.compare import Sweep, Variant, run_sweep
+from meshlm.compare.stats import fmt_pm, interval, t_cdf, t_quantile
+from meshlm.train.loop import TrainConfig
+
+DOCS = [
+    " ".join(f"Doc {d} line {i}: the red fox sat near {(i * d) % 13} trees." for i in range(12)) for d in range(300)
+]
+VARIANTS = ["vanilla", "base", "anchor", "mesh"]
+SEEDS = [0, 1]
+BUDGETS = (512, 1024)  # max_tokens of the two tiny sweeps: 2 and 4 steps of 256 tokens
+
+
+@pytest.mark.parametrize(
+    ("p", "df", "expected"),
+    [
+        (0.975, 1, 12.7062),
+        (0.975, 2, 4.3027),
+        (0.975, 3, 3.1824),
+        (0.975, 10, 2.2281),
+        (0.975, 30, 2.0423),
+        (0.995, 1, 63.6567),
+        (0.95, 5, 2.0150),
+        (0.025, 4, -2.7764),
+    ],
+)
+def test_t_quantile_matches_tables(p, df, expected):
+    q = t_quantile(p, df)
+    assert q == pytest.approx(expected, abs=1e-4)
+    assert t_cdf(q, df) == pytest.approx(p, abs=1e-12)
+
+
+def test_t_quantile_tends_to_the_normal():
+    assert t_quantile(0.975, 1e6) == pytest.approx(1.959964, abs=1e-5)
+
+
+def test_paired_interval_of_a_hand_computed_case():
+    # diffs 0.01, 0.03, 0.02: mean 0.02, sample std 0.01, se 0.01/sqrt(3), t(0.975, 2) = 4.302653
+    result = interval([0.01, 0.03, 0.02])
+    assert result["mean"] == pytest.approx(0.02)
+    assert result["std"] == pytest.approx(0.01)
+    assert result["half_width"] == pytest.approx(4.302653 * 0.01 / math.sqrt(3), rel=1e-6)
+    assert result["half_width"] == pytest.approx(0.024841, abs=1e-6)
+    assert (result["low"], result["high"]) == pytest.approx((0.02 - 0.024841, 0.02 + 0.024841), abs=1e-6)
+
+
+def test_one_value_has_no_spread_and_no_interval():
+    result = interval([0.5])
+    assert (result["std"], result["half_width"], result["low"], result["high"]) == (None, None, None, None)
+    assert fmt_pm(3.5, None) == "3.5000 ± n/a"
+    assert fmt_pm(-0.01, 0.002, signed=True) == "-0.0100 ± 0.0020"
+
+
+def _sweep(root, max_tokens: int) -> Sweep:
+    train = TrainConfig(
+        **tiny_run(
+            root / "corpus.jsonl",
+            root / f"sweep-{max_tokens}",
+            root / "cache",
+            scheme=None,
+            max_steps=None,
+            max_tokens=max_tokens,
+            eval_every=0,
+        )
+    )
+    return Sweep(
+        train=train,
+        variants=[Variant.parse(v) for v in VARIANTS],
+        seeds=SEEDS,
+        out=root / f"sweep-{max_tokens}",
+        eval_tokens=2048,
+        probe_samples=0,
+    )
+
+
+@pytest.fixture(scope="module")
+def sweeps(tmp_path_factory) -> dict[int, Sweep]:
+    """Two finished tiny sweeps (4 variants x 2 seeds) at two token budgets."""
+    root = tmp_path_factory.mktemp("sweeps")
+    (root / "corpus.jsonl").write_text("".join(json.dumps({"text": doc}) + "\n" for doc in DOCS))
+    done = {}
+    for budget in BUDGETS:
+        done[budget] = _sweep(root, budget)
+        run_sweep(done[budget])
+    return done
+
+
+def _losses(sweep: Sweep, variant: str) -> list[float]:
+    """Held-out loss per seed, read from each run's own eval.json."""
+    return [
+        json.loads((sweep.run_dir(Variant.parse(variant), s) / "eval.json").read_text())["held-out"]["loss"]
+        for s in SEEDS
+    ]
+
+
+def _md_row(report: str, variant: str) -> list[str]:
+    """The cells of ``variant``'s row of the report.md table (layout first, then the variant)."""
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in report.splitlines() if line[:1] == "|"]
+    (row,) = [r for r in rows if len(r) > 1 and r[1] == variant]
+    return row
+
+
+def test_report_numbers_match_a_recomputation_from_eval_json(sweeps):
+    sweep = sweeps[BUDGETS[-1]]
+    data = json.loads((sweep.out / "report.json").read_text())
+    report = (sweep.out / "report.md").read_text()
+    losses = {v: _losses(sweep, v) for v in VARIANTS}
+    assert len({round(statistics.fmean(x), 9) for x in losses.values()}) == len(VARIANTS)  # the variants differ
+    assert all(a != b for a, b in losses.values())  # so do the seeds
+    mean = {v: statistics.fmean(x) for v, x in losses.items()}
+    t1 = 12.706204736  # t(0.975, 1): two seeds, one degree of freedom
+    for v in VARIANTS:
+        row = data["variants"][v]["held-out"]
+        assert row["losses"] == losses[v]
+        assert row["loss_mean"] == pytest.approx(mean[v], abs=1e-12)
+        std = abs(losses[v][0] - losses[v][1]) / math.sqrt(2)
+        assert row["loss_std"] == pytest.approx(std, abs=1e-12)
+        assert row["delta_vs_vanilla"] == pytest.approx(mean[v] - mean["vanilla"], abs=1e-12)
+        cells = _md_row(report, v)
+        assert cells[6] == f"{mean[v]:.4f} ± {std:.4f}"
+        for column, ref in ((8, "anchor"), (9, "vanilla")):
+            if ref == v:
+                assert ref not in row["paired"] and cells[column] == "-"
+                continue
+            diffs = [a - b for a, b in zip(losses[v], losses[ref], strict=True)]
+            half = t1 * statistics.stdev(diffs) / math.sqrt(2)
+            paired = row["paired"][ref]
+            assert paired["values"] == pytest.approx(diffs, abs=1e-12)
+            assert paired["mean"] == pytest.approx(statistics.fmean(diffs), abs=1e-12)
+            assert paired["half_width"] == pytest.approx(half, rel=1e-9)
+            assert (paired["low"], paired["high"]) == pytest.approx((paired["mean"] - half, paired["mean"] + half))
+            assert cells[column] == f"{statistics.fmean(diffs):+.4f} ± {half:.4f}"
+            assert f"{v} - {ref} = {statistics.fmean(diffs):+.4f}" in report
+    gaps = data["gap_closure"]["held-out"]
+    for v in ("anchor", "mesh"):
+        expected = (mean["base"] - mean[v]) / (mean["base"] - mean["vanilla"])
+        assert gaps[v] == pytest.approx(expected, abs=1e-9)
+        assert f"{v} {expected:+.2f}" in report
+    assert "± n/a" not in report and "CI n/a" not in report
+
+
+def test_scaling_merge_matches_a_recomputation(sweeps, tmp_path, capsys):
+    from meshlm.cli import main
+
+    out = tmp_path / "scaling"
+    folders = [str(sweeps[b].out) for b in reversed(BUDGETS)]  # any order: sorted by tokens
+    assert main(["scaling", *folders, "--out", str(out)]) == 0
+    assert "mesh - anchor" in capsys.readouterr().out
+    data = json.loads((out / "scaling.json").read_text())
+    assert [b["tokens"] for b in data["budgets"]] == list(BUDGETS)
+    table = (out / "scaling.md").read_text()
+    t1 = 12.706204736
+    for budget, row in zip(BUDGETS, data["budgets"], strict=True):
+        sweep = sweeps[budget]
+        losses = {v: _losses(sweep, v) for v in VARIANTS}
+        for v in VARIANTS:
+            loss = row["held-out"]["loss"][v]
+            assert loss["mean"] == pytest.approx(statistics.fmean(losses[v]), abs=1e-12)
+            assert loss["std"] == pytest.approx(statistics.stdev(losses[v]), abs=1e-12)
+        for ref in ("anchor", "vanilla"):
+            for v in VARIANTS:
+                if v == ref:
+                    continue
+                diffs = [a - b for a, b in zip(losses[v], losses[ref], strict=True)]
+                paired = row["held-out"]["paired"][ref][v]
+                assert paired["mean"] == pytest.approx(statistics.fmean(diffs), abs=1e-12)
+                assert paired["half_width"] == pytest.approx(t1 * statistics.stdev(diffs) / math.sqrt(2), rel=1e-9)
+        mesh_anchor = row["held-out"]["paired"]["anchor"]["mesh"]
+        paired_table = table.split("## held-out paired differences")[1]
+        (line,) = [x for x in paired_table.splitlines() if x.startswith(f"| {budget:,} |")]
+        assert f"{mesh_anchor['mean']:+.4f} ± {mesh_anchor['half_width']:.4f}" in line
+    assert (out / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_scaling_refuses_what_is_not_one_recipe(sweeps, tmp_path, capsys):
+    from meshlm.cli import main
+
+    small, large = (sweeps[b].out for b in BUDGETS)
+    other = tmp_path / "other"
+    other.mkdir()
+    report = json.loads((large / "report.json").read_text())
+    cases = []
+    for key, change in (
+        ("variants", lambda r: r["variants"].pop("mesh")),
+        ("variants", lambda r: r["variants"]["mesh"].update(layout="2+1R2+1")),
+        ("seq_len", lambda r: r["train"].update(seq_len=64)),
+    ):
+        edited = json.loads(json.dumps(report))
+        change(edited)
+        folder = tmp_path / f"edited-{len(cases)}"
+        folder.mkdir()
+        (folder / "report.json").write_text(json.dumps(edited))
+        cases.append(([small, folder], f"differ in {key}"))
+    cases += [
+        ([small, other], "is not a finished sweep"),
+        ([small, small], "same number of tokens"),
+        ([small], "at least two sweep folders"),
+    ]
+    for folders, message in cases:
+        assert main(["scaling", *map(str, folders), "--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err

@@ -86,9 +86,16 @@ def _scheme_flops(config: MeshLMConfig, loops: int) -> int:
 
 
 def flops_per_token(
-    config: MeshLMConfig, seq_len: int, loops: int | None = None, backprop_loops: int | None = None
+    config: MeshLMConfig,
+    seq_len: int,
+    loops: int | None = None,
+    backprop_loops: int | None = None,
+    scheme_work: bool = True,
 ) -> int:
     """Training FLOPs per token of one step running the core ``loops`` times (default K).
+
+    ``scheme_work=False`` leaves out what the scheme adds (routers, gates, injection), leaving the
+    backbone's layers and head: what a matched-compute comparison holds equal across schemes.
 
     With ``backprop_loops`` N only the last N iterations are differentiated: the other ``loops - N``
     cost their forward third (``2 N_core + 4 L_core d T``) instead of the full ``6 N_core + 12 L_core d T``.
@@ -99,18 +106,23 @@ def flops_per_token(
     per_layer = layer_parameters(config)
     outer_layers = layout.prelude + layout.coda
     outer = 6 * (outer_layers * per_layer + v * d) + 12 * outer_layers * d * t
-    core_params = layout.core * per_layer + _injection_parameters(config)
+    core_params = layout.core * per_layer + (_injection_parameters(config) if scheme_work else 0)
     with_grad = k if backprop_loops is None else min(k, backprop_loops)
     per_loop = 6 * core_params + 12 * layout.core * d * t
     per_frozen_loop = 2 * core_params + 4 * layout.core * d * t
-    return outer + with_grad * per_loop + (k - with_grad) * per_frozen_loop + _scheme_flops(config, k)
+    extra = _scheme_flops(config, k) if scheme_work else 0
+    return outer + with_grad * per_loop + (k - with_grad) * per_frozen_loop + extra
 
 
 def expected_flops_per_token(
-    config: MeshLMConfig, seq_len: int, loops: Mapping[int, float], backprop_loops: int | None = None
+    config: MeshLMConfig,
+    seq_len: int,
+    loops: Mapping[int, float],
+    backprop_loops: int | None = None,
+    scheme_work: bool = True,
 ) -> float:
     """Mean of :func:`flops_per_token` over a loop-count distribution ``{loops: probability}`` (random depth)."""
-    return sum(p * flops_per_token(config, seq_len, k, backprop_loops) for k, p in loops.items())
+    return sum(p * flops_per_token(config, seq_len, k, backprop_loops, scheme_work) for k, p in loops.items())
 
 
 def count(config: MeshLMConfig, seq_len: int | None = None) -> Counts:

@@ -43,6 +43,8 @@ def test_schedules_parse_and_their_distributions():
     assert min(table) == 1 and sum(table.values()) == pytest.approx(1.0, abs=1e-12)
     assert sum(k * p for k, p in table.items()) == pytest.approx(4.0, rel=1e-12)
     assert str(uniform) == "uniform:1-4" and str(poisson) == "poisson:4"
+    assert uniform.quantile(0.999) == 4 and uniform.quantile(0.5) == 2
+    assert 8 <= poisson.quantile(0.999) <= 12  # 1 + Poisson(3): P(k > 10) ~ 4e-4
 
 
 @pytest.mark.parametrize("spec", ["uniform:1-4", "poisson:3"])

@@ -86,6 +86,15 @@ class LoopSchedule:
         lam = self.mean - 1
         return {1 + j: _poisson_pmf(lam, j) for j in range(self.high)}
 
+    def quantile(self, q: float) -> int:
+        """The smallest loop count k with P(loops <= k) >= q (e.g. the deep steps that set peak memory)."""
+        mass = 0.0
+        for k, p in self.distribution().items():
+            mass += p
+            if mass >= q:
+                return k
+        return self.high
+
     def __str__(self) -> str:
         if self.kind == "uniform":
             return f"uniform:{self.low}-{self.high}"

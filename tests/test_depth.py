@@ -5,18 +5,12 @@ import torch
 import torch.nn.functional as F
 from transformers.cache_utils import DynamicCache, StaticCache
 
-from conftest import SCHEME_CASES, randomize_scheme, tiny_config
+from conftest import SCHEME_CASES, build, tiny_config
 from meshlm import MeshLMForCausalLM
 from meshlm.errors import MeshLMError
 
 RECURSIVE = [c for c in SCHEME_CASES if "R" in c[1]]
 GREEDY = dict(max_new_tokens=6, do_sample=False)
-
-
-def build(scheme: str, layout: str, **overrides) -> MeshLMForCausalLM:
-    model = MeshLMForCausalLM(tiny_config(scheme=scheme, layout=layout, **overrides)).eval()
-    randomize_scheme(model)
-    return model
 
 
 @pytest.mark.parametrize(("scheme", "layout"), SCHEME_CASES)

@@ -10,32 +10,13 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import meshlm
-from conftest import tiny_run
+from conftest import tiny_train as tiny
 from meshlm.cli import main
 from meshlm.errors import MeshLMError
 from meshlm.train import checkpoint as ckpt
 from meshlm.train import loop
-from meshlm.train.loop import TrainConfig, train
+from meshlm.train.loop import train
 from meshlm.train.optim import lr_at, param_groups
-
-TEXT = " ".join(
-    f"The {w} of the {v} is {u}."
-    for w in ("cat", "dog", "sun", "sea")
-    for v in ("hill", "road", "lake")
-    for u in ("red", "blue", "green", "old", "new")
-)
-
-
-@pytest.fixture
-def corpus(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("corpus")
-    for i in range(40):
-        (folder / f"doc{i:02d}.txt").write_text(f"Document {i}. " + TEXT)
-    return str(folder)
-
-
-def tiny(corpus, out, **kw) -> TrainConfig:
-    return TrainConfig(**tiny_run(corpus, out, out.parent / "cache", **kw))
 
 
 def losses(out):

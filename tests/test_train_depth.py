@@ -5,28 +5,15 @@ import json
 
 import pytest
 
-from conftest import tiny_run
+from conftest import tiny_train as tiny
 from meshlm.accounting import count, flops_per_token
 from meshlm.config import parse_layout
 from meshlm.errors import MeshLMError
 from meshlm.model import MeshLMForCausalLM
 from meshlm.train.depth import LoopSchedule
-from meshlm.train.loop import TrainConfig, build_model_config, train
+from meshlm.train.loop import build_model_config, train
 
-TEXT = " ".join(f"The {w} of the {v} is {u}." for w in ("cat", "dog", "sun") for v in ("hill", "lake") for u in "abcd")
 LAYOUT = parse_layout("1+1R2+1")
-
-
-@pytest.fixture
-def corpus(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("corpus")
-    for i in range(30):
-        (folder / f"doc{i:02d}.txt").write_text(f"Document {i}. " + TEXT)
-    return str(folder)
-
-
-def tiny(corpus, out, **kw) -> TrainConfig:
-    return TrainConfig(**tiny_run(corpus, out, out.parent / "cache", **kw))
 
 
 def records(out) -> list[dict]:

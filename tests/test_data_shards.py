@@ -20,6 +20,7 @@ from meshlm.data.shards import (
     token_dtype,
 )
 from meshlm.data.tokenizers import load_tokenizer
+from meshlm.data.view import TokenView
 from meshlm.errors import MeshLMError
 
 WORDS = ("alpha", "beta", "gamma", "delta", "loop", "memory", "router", "state", "token", "layer", "read", "write")
@@ -92,8 +93,8 @@ def test_val_split_ignores_document_order(docs, tok, tmp_path):
     forward = TokenShards(prepare_shards(write_jsonl(tmp_path / "f.jsonl", docs), tok, tmp_path / "f", 0.3))
     backward = TokenShards(prepare_shards(write_jsonl(tmp_path / "b.jsonl", docs[::-1]), tok, tmp_path / "b", 0.3))
     for split in ("train", "val"):
-        got_f = split_documents(forward.split(split), tok.eos_id)
-        got_b = split_documents(backward.split(split), tok.eos_id)
+        got_f = split_documents(np.asarray(forward.split(split)), tok.eos_id)
+        got_b = split_documents(np.asarray(backward.split(split)), tok.eos_id)
         assert sorted(got_f) == sorted(got_b) and got_f == got_b[::-1]
 
 
@@ -111,6 +112,67 @@ def test_many_small_shard_files_read_back_as_one(docs, corpus, tok, tmp_path):
     files = shards.manifest["splits"]["train"]["files"]
     assert len(files) > 3 and all(f["tokens"] <= 500 for f in files)
     assert np.array_equal(shards.split("train"), expected_split(docs, tok, "train", 0.2))
+
+
+def concatenated(shards, split):
+    """The reader before TokenView (the reference): every file of the split read and concatenated in RAM."""
+    files = shards.manifest["splits"][split]["files"]
+    return np.concatenate([np.fromfile(shards.path / f["name"], dtype=shards.dtype) for f in files])
+
+
+def assert_same_batches(got, expected):
+    assert len(got) == len(expected)
+    for (gx, gy), (ex, ey) in zip(got, expected, strict=True):
+        assert gx.dtype == ex.dtype == torch.int64 and torch.equal(gx, ex) and torch.equal(gy, ey)
+
+
+def test_multi_file_split_gives_the_batches_of_the_concatenated_split(corpus, tok, tmp_path):
+    shards = TokenShards(prepare_shards(corpus, tok, tmp_path / "s", val_fraction=0.2, shard_tokens=97))
+    for split in ("train", "val"):
+        view, reference = shards.split(split), concatenated(shards, split)
+        assert len(view.parts) == len(shards.manifest["splits"][split]["files"]) > 3
+        assert all(isinstance(part, np.memmap) for part in view.parts)  # mapped, never copied
+        assert len(view) == len(reference) and np.array_equal(np.asarray(view), reference)
+    train, reference = shards.split("train"), concatenated(shards, "train")
+    seq, batch = 16, 8  # windows of 17 tokens straddle the 97-token files
+    for world, micro in ((1, None), (1, 2), (2, 2), (4, 1)):
+        for rank in range(world):
+            new = TokenBatchSampler(train, seq, batch, world, rank, seed=5, micro_batch=micro)
+            old = TokenBatchSampler(reference, seq, batch, world, rank, seed=5, micro_batch=micro)
+            assert new.state_dict() == old.state_dict()
+            for step in range(2 * new.steps_per_epoch + 3):  # two epochs and a bit
+                assert_same_batches(new.batches_for_step(step), old.batches_for_step(step))
+    val, reference = shards.split("val"), concatenated(shards, "val")
+    for size, cap in ((3, None), (4, 2), (5, 1000)):
+        assert_same_batches(list(eval_batches(val, seq, size, cap)), list(eval_batches(reference, seq, size, cap)))
+
+
+def test_token_view_reads_like_the_concatenated_array():
+    rng = np.random.default_rng(0)
+    lengths = [5, 0, 1, 13, 0, 7, 2]
+    parts = [rng.integers(0, 60000, n).astype(np.uint16) for n in lengths]
+    view, reference = TokenView(parts), np.concatenate(parts)
+    assert len(view) == 28 and len(view.parts) == 5 and view.dtype == np.uint16
+    assert [view[i] for i in range(-28, 28)] == [reference[i] for i in range(-28, 28)]
+    for i in (-29, 28):
+        with pytest.raises(IndexError, match="out of range"):
+            view[i]
+    for a in range(-30, 31):
+        for b in (None, -31, -3, 0, 1, 5, 6, 19, 20, 27, 28, 40):
+            assert np.array_equal(view[a:b], reference[a:b]) and view[a:b].dtype == np.uint16
+    assert np.shares_memory(view[6:19], parts[3])  # a range inside one part is a view, not a copy
+    starts = rng.integers(0, 28 - 6 + 1, 50)
+    assert np.array_equal(view.windows(starts, 6), reference[starts[:, None] + np.arange(6)])
+    assert np.array_equal(view.windows(np.array([22]), 6), reference[None, 22:28])
+    with pytest.raises(IndexError, match="exceed 28 tokens"):
+        view.windows(np.array([23]), 6)
+    with pytest.raises(IndexError, match="no step"):
+        view[::2]
+    with pytest.raises(TypeError):
+        view[np.arange(3)]
+    empty = TokenView([], dtype=np.uint32)
+    assert len(empty) == 0 and empty[:].dtype == np.uint32 and len(empty[3:9]) == 0
+    assert TokenView.of(view) is view and np.shares_memory(TokenView.of(reference)[:], reference)
 
 
 def test_several_sources_are_counted_apart(tok, tmp_path):

@@ -74,7 +74,7 @@ def test_eval_reads_tokens_of_a_matching_shard_folder(model_dir, corpus, tmp_pat
     from meshlm.data.tokenizers import load_tokenizer
 
     shards = prepare_shards(str(corpus), load_tokenizer(str(model_dir)), tmp_path / "shards", val_fraction=0.5)
-    val = torch.from_numpy(TokenShards(shards).split("val").astype("int64"))
+    val = torch.from_numpy(TokenShards(shards).split("val")[:].astype("int64"))
     assert len(val) > 10
     out = tmp_path / "eval.json"
     assert run_eval_cli(["eval", str(model_dir), "--ppl", f"val={shards}", "--device", "cpu", "--json", str(out)]) == 0

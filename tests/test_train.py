@@ -1,5 +1,6 @@
 """The training loop on CPU: schedule, decay groups, learning, exact resume, atomic checkpoints, NaN stop."""
 
+import dataclasses
 import itertools
 import json
 import math
@@ -15,7 +16,7 @@ from meshlm.cli import main
 from meshlm.errors import MeshLMError
 from meshlm.train import checkpoint as ckpt
 from meshlm.train import loop
-from meshlm.train.loop import train
+from meshlm.train.loop import TrainConfig, train
 from meshlm.train.optim import lr_at, param_groups
 
 
@@ -101,14 +102,14 @@ def test_crash_mid_save_keeps_previous_checkpoint(corpus, tmp_path, monkeypatch)
     train(tiny(corpus, out, max_steps=4, save_every=2))
     before = ckpt.list_checkpoints(out / "checkpoints")
     assert [p.name for p in before] == ["step-00000002", "step-00000004"]
-    real_save = torch.save
+    real_save = ckpt.save_state
 
-    def crash(obj, path, *a, **k):
-        if str(path).endswith("optimizer.pt"):
+    def crash(obj, path):
+        if path.name == ckpt.OPTIMIZER_FILE:
             raise OSError("disk full (simulated)")
-        return real_save(obj, path, *a, **k)
+        return real_save(obj, path)
 
-    monkeypatch.setattr(ckpt.torch, "save", crash)
+    monkeypatch.setattr(ckpt, "save_state", crash)
     with pytest.raises(OSError, match="simulated"):
         train(tiny(corpus, out, max_steps=6, save_every=2, resume=True))
     after = ckpt.list_checkpoints(out / "checkpoints")
@@ -169,6 +170,9 @@ def test_bad_training_inputs_give_one_clear_error(corpus, tmp_path, capsys):
         common + ["--data", corpus, "--tokenizer", "bpe:300", "--seq-len", "4096"], capsys
     )
     assert "--tokenizer" in _cli_error(common + ["--data", corpus], capsys)
+    bad_ac = common + ["--data", corpus, "--tokenizer", "bpe:300", "--activation-checkpointing", "mlp"]
+    assert "none, full, selective" in _cli_error(bad_ac, capsys)
+    assert not (tmp_path / "o" / "run.json").exists()
 
 
 def test_resume_into_a_different_model_is_refused(corpus, tmp_path, capsys):
@@ -178,3 +182,98 @@ def test_resume_into_a_different_model_is_refused(corpus, tmp_path, capsys):
         train(tiny(corpus, out, max_steps=4, resume=True, scheme="anchor"))
     with pytest.raises(MeshLMError, match="--resume"):
         train(tiny(corpus, out, max_steps=4))
+
+
+def test_mesh_run_logs_router_statistics_that_match_the_model(corpus, tmp_path):
+    """At each eval the log holds per-step slot weights (summing to 1) and entropies of the eval batches."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from meshlm.data.shards import eval_batches
+    from meshlm.probe import collect_states, router_stats
+
+    out = tmp_path / "mesh"
+    cfg = tiny(corpus, out, tensorboard=True, router_init="fresh_slot")  # slot weights differ by step
+    train(cfg)
+    records = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    with_router = [r["step"] for r in records if any(k.startswith("router/") for k in r)]
+    assert with_router == [r["step"] for r in records if "val_loss" in r] == [4, 8]
+    last = records[-1]
+    steps, slots = 3, 5  # 1+1R2+1: transition + 2 loops; default buffer K + 3 = 5 slots
+    for role in ("write", "read"):
+        for s in range(steps):
+            weights = [last[f"router/{role}/step{s}/slot{b}"] for b in range(slots)]
+            assert sum(weights) == pytest.approx(1.0, abs=1e-6)
+            assert 0.0 <= last[f"router/{role}/step{s}/entropy"] <= math.log(slots) + 1e-9
+        assert f"router/{role}/step{steps}/slot0" not in last and f"router/{role}/step0/slot{slots}" not in last
+    # direct recomputation: the final model (written after the last eval) on the same held-out batches
+    model = meshlm.MeshLMForCausalLM.from_pretrained(out / "model").eval()
+    _, shards = loop.load_run_data(cfg)
+    sums, tokens = {}, 0
+    for x, _ in eval_batches(shards.split("val"), cfg.seq_len, cfg.micro_batch, cfg.eval_batches):
+        states = collect_states(model, x)
+        for role in ("write", "read"):
+            stats = router_stats(states[role])  # per sample, equal lengths: sample means average to token means
+            value = torch.cat((stats.slot_weight, stats.entropy[..., None]), -1).sum(0) * x.shape[1]
+            sums[role] = sums.get(role, 0) + value
+        tokens += x.numel()
+    for role in ("write", "read"):
+        expected = (sums[role] / tokens).flatten().tolist()
+        names = [*(f"slot{b}" for b in range(slots)), "entropy"]
+        assert [last[f"router/{role}/step{s}/{n}"] for s in range(steps) for n in names] == pytest.approx(
+            expected, abs=1e-6
+        )
+    events = EventAccumulator(str(out / "tb")).Reload()
+    assert events.Scalars("router/read/step2/slot3")[-1].value == pytest.approx(last["router/read/step2/slot3"])
+    assert "train/val_loss" in events.Tags()["scalars"]
+
+
+def test_base_run_logs_no_router_statistics(corpus, tmp_path):
+    out = tmp_path / "base"
+    train(tiny(corpus, out, scheme="base"))
+    records = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert any("val_loss" in r for r in records)
+    assert not any(k.startswith("router") for r in records for k in r)
+
+
+def test_router_statistics_trace_as_one_compiled_graph():
+    """``evaluate`` passes ``record`` through a compiled model: no graph break, same numbers as eager."""
+    from torch._dynamo.testing import CompileCounter
+
+    from conftest import randomize_scheme, tiny_config
+
+    model = meshlm.MeshLMForCausalLM(tiny_config(layout="1+1R2+1", scheme="mesh")).eval()
+    randomize_scheme(model)
+    x = torch.randint(0, 97, (2, 16))
+    results = []
+    for compiled in (False, True):
+        if compiled:
+            counter = CompileCounter()
+            model.compile(backend=counter, fullgraph=True)
+        stats = model.model.scheme.statistics()
+        record = stats.new_record()
+        with torch.no_grad():
+            model(x, use_cache=False, record=record)
+        stats.update(record)
+        results.append(stats.result())
+    assert counter.frame_count == 1
+    assert results[1] == pytest.approx(results[0], abs=1e-6) and len(results[0]) == 2 * 3 * (5 + 1)
+
+
+def test_paper_config_is_the_papers_recipe_on_1_to_8_gpus(tmp_path):
+    from pathlib import Path
+
+    from meshlm.train.cli import read_config_file
+
+    values = read_config_file(Path(__file__).parents[1] / "configs" / "paper-1.4b.yaml")
+    cfg = TrainConfig.from_dict({**values, "data": "shards", "out": str(tmp_path)})
+    model = loop.build_model_config(cfg, 50277)
+    assert (model.hidden_size, model.num_attention_heads, model.vocab_size) == (2048, 16, 50304)
+    assert (model.layout, model.scheme, model.parsed_layout.unrolled_layers) == ("4+8R2+4", "mesh", 24)
+    assert (cfg.seq_len, cfg.batch_tokens // cfg.seq_len, cfg.lr) == (4096, 512, 2e-4)
+    steps = loop.max_steps_of(cfg)
+    assert lr_at(steps // 100 - 1, steps, cfg.lr) == pytest.approx(2e-4, rel=1e-3)  # warm-up ends at 1%
+    assert lr_at(steps - 1, steps, cfg.lr) == pytest.approx(2e-5)
+    for world in (1, 2, 4, 8):
+        assert loop._batch_shape(cfg, world) == (512, 4, 128 // world)
+    vanilla = loop.build_model_config(dataclasses.replace(cfg, layout="24", scheme="base"), 50277)
+    assert vanilla.parsed_layout.is_vanilla and vanilla.parsed_layout.unrolled_layers == 24

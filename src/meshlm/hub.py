@@ -31,6 +31,7 @@ REMOTE_MODULES: dict[str, str] = {
     "meshlm.model.layers": "meshlm_layers",
     "meshlm.model.schemes": "meshlm_schemes",
     "meshlm.model.mesh": "meshlm_mesh",
+    "meshlm.model.router_stats": "meshlm_router_stats",
     "meshlm.model.loss": "meshlm_loss",
 }
 AUTO_MAP: dict[str, str] = {
@@ -150,3 +151,36 @@ def export_remote_code(model_dir: str | os.PathLike) -> list[Path]:
     config["auto_map"] = dict(AUTO_MAP)
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return written
+
+
+def foreign_code(model_dir: str | os.PathLike) -> str | None:
+    """The first ``auto_map`` target of a folder meshlm does not own, else None.
+
+    A meshlm model folder's ``auto_map`` names the flat copies of meshlm's own code; loading it
+    with ``trust_remote_code=False`` uses the classes ``import meshlm`` registered instead, so it
+    runs nothing from the folder. Any other folder with an ``auto_map`` (in config.json or
+    tokenizer_config.json) would run the folder's Python files.
+    """
+    folder = Path(model_dir)
+    for name in ("config.json", "tokenizer_config.json"):
+        try:
+            values = json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(values, dict) or (name == "config.json" and values.get("model_type") == "meshlm"):
+            continue
+        auto_map = values.get("auto_map") or {}
+        targets = auto_map.values() if isinstance(auto_map, dict) else auto_map
+        for target in targets:
+            return f"{name} auto_map -> {target}"
+    return None
+
+
+def refuse_foreign_code(model_dir: str | os.PathLike, trust_remote_code: bool) -> None:
+    """MeshLMError if ``model_dir`` would run its own Python code and the user did not opt in."""
+    found = None if trust_remote_code else foreign_code(model_dir)
+    if found:
+        raise MeshLMError(
+            f"{model_dir} ships its own Python code ({found}); meshlm does not run code from a model folder "
+            "unless you read it and pass --trust-remote-code"
+        )

@@ -11,6 +11,7 @@ from meshlm.compare.parallel import fit_parallel, train_parallel
 from meshlm.compare.plan import Sweep, log, plan
 from meshlm.compare.report import plot_loss_curves, report_markdown, summarize
 from meshlm.data.shards import load_tokens
+from meshlm.data.view import TokenView
 from meshlm.errors import MeshLMError
 from meshlm.train.loop import load_run_data
 
@@ -24,8 +25,8 @@ def _eval_tokens(shards, limit: int, held_out: bool) -> torch.Tensor:
     """The first ``limit`` tokens of ``shards``: its validation split, or all of it for an extra eval set."""
     import numpy as np
 
-    parts = [shards.split("val")] if held_out else [shards.split(s) for s in shards.splits]
-    tokens = np.concatenate([np.asarray(p) for p in parts])[:limit]
+    splits = ["val"] if held_out else shards.splits
+    tokens = TokenView([part for s in splits for part in shards.split(s).parts], dtype=shards.dtype)[:limit]
     if len(tokens) < 2:
         where = "in its val split" if held_out else "at all"
         raise MeshLMError(f"eval set {shards.path} has no tokens to evaluate {where}")
@@ -62,10 +63,12 @@ def evaluate_loops(sweep: Sweep, run_dir: Path, eval_sets: dict) -> dict[str, di
 
     from meshlm.eval.perplexity import token_perplexity
 
+    if not sweep.eval_loops:
+        return {}
     cached = run_dir / "eval_loops.json"
     done = json.loads(cached.read_text()) if cached.exists() else {}
     model = AutoModelForCausalLM.from_pretrained(run_dir / "model")
-    if not sweep.eval_loops or not model.config.parsed_layout.shared:
+    if not model.config.parsed_layout.shared:
         return {}
     device = sweep.train.device or ("cuda" if torch.cuda.is_available() else "cpu")
     seq = sweep.train.seq_len

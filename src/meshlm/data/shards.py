@@ -25,6 +25,7 @@ from meshlm.data.cache import cache_dir as default_cache_dir
 from meshlm.data.cache import publish, sha256_file, temp_sibling
 from meshlm.data.sources import SHARD_MANIFEST, describe_source, is_shard_dir, iter_documents, source_fingerprint
 from meshlm.data.tokenizers import Tokenizer, load_tokenizer
+from meshlm.data.view import TokenView
 from meshlm.errors import MeshLMError
 
 FORMAT = "meshlm-shards"
@@ -265,15 +266,16 @@ class TokenShards:
     def num_documents(self, split: str = "train") -> int:
         return int(self._split_info(split)["documents"])
 
-    def split(self, name: str = "train") -> np.ndarray:
-        """All tokens of a split as one 1-D array: a read-only memmap for one file, else concatenated in RAM."""
-        arrays = [
-            np.memmap(self.path / f["name"], dtype=self.dtype, mode="r", shape=(int(f["tokens"]),))
-            for f in self._split_info(name)["files"]
-        ]
-        if not arrays:
-            return np.zeros(0, dtype=self.dtype)
-        return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+    def split(self, name: str = "train") -> TokenView:
+        """All tokens of a split as one read-only sequence over its memory-mapped files (nothing copied)."""
+        return TokenView(
+            (
+                np.memmap(self.path / f["name"], dtype=self.dtype, mode="r", shape=(int(f["tokens"]),))
+                for f in self._split_info(name)["files"]
+                if int(f["tokens"])
+            ),
+            dtype=self.dtype,
+        )
 
     def tokenizer(self) -> Tokenizer:
         """The tokenizer saved next to the shards."""
@@ -308,10 +310,9 @@ def load_tokens(
     return TokenShards(folder)
 
 
-def _windows(tokens: np.ndarray, indices: np.ndarray, window: int) -> torch.Tensor:
+def _windows(tokens: TokenView, indices: np.ndarray, window: int) -> torch.Tensor:
     """Windows ``indices`` (each ``window`` tokens, non-overlapping) of ``tokens`` as an int64 tensor."""
-    positions = indices[:, None] * window + np.arange(window)
-    return torch.from_numpy(np.asarray(tokens[positions], dtype=np.int64))
+    return torch.from_numpy(tokens.windows(indices * window, window).astype(np.int64))
 
 
 def _xy(windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -331,7 +332,7 @@ class TokenBatchSampler:
 
     def __init__(
         self,
-        tokens: np.ndarray,
+        tokens: TokenView | np.ndarray,
         seq_len: int,
         global_batch: int,
         world_size: int = 1,
@@ -352,7 +353,7 @@ class TokenBatchSampler:
                 f"micro-batch {self.micro_batch} does not divide the per-rank batch {self.per_rank} "
                 f"(global batch {global_batch} / world size {world_size})."
             )
-        self.tokens = tokens
+        self.tokens = tokens = TokenView.of(tokens)
         self.seq_len, self.global_batch = seq_len, global_batch
         self.world_size, self.rank, self.seed = world_size, rank, seed
         self.window = seq_len + 1
@@ -411,7 +412,7 @@ class TokenBatchSampler:
 
 
 def eval_batches(
-    tokens: np.ndarray, seq_len: int, batch_size: int, max_batches: int | None = None
+    tokens: TokenView | np.ndarray, seq_len: int, batch_size: int, max_batches: int | None = None
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Deterministic validation batches ``(x, y)``: ``batch_size`` windows each, spread evenly.
 
@@ -420,6 +421,7 @@ def eval_batches(
     """
     if seq_len < 1 or batch_size < 1 or (max_batches is not None and max_batches < 1):
         raise MeshLMError("seq_len, batch_size and max_batches must be positive.")
+    tokens = TokenView.of(tokens)
     window = seq_len + 1
     num_windows = len(tokens) // window
     if num_windows == 0:

@@ -24,6 +24,7 @@ from meshlm.eval.lambada import lambada
 from meshlm.eval.perplexity import documents_to_stream, rolling_document_perplexity, token_perplexity
 from meshlm.eval.scoring import check_context, model_max_length, prepare_model
 from meshlm.eval.tables import report_markdown, table1_row
+from meshlm.hub import refuse_foreign_code
 
 SHARD_SPLIT = "val"
 
@@ -87,6 +88,11 @@ def add_subcommand(subparsers) -> None:
     )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run Python files a non-meshlm model folder ships (its auto_map); off by default",
+    )
     p.add_argument("--json", type=Path, metavar="OUT", help="write every number and the model info here")
     p.add_argument("--markdown", type=Path, metavar="OUT", help="write the Table 1 row and per-task tables here")
     p.set_defaults(func=run_eval)
@@ -123,16 +129,21 @@ def loop_counts(value: str | None, model) -> list[int]:
     return list(dict.fromkeys(counts))
 
 
-def load_model_dir(model_dir: str | Path):
-    """fp32 model and tokenizer of a saved folder; MeshLMError if it is not one."""
+def load_model_dir(model_dir: str | Path, trust_remote_code: bool = False):
+    """fp32 model and tokenizer of a saved folder; MeshLMError if it is not one.
+
+    Code shipped in the folder runs only with ``trust_remote_code`` (never for meshlm's own folders).
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = Path(model_dir).expanduser()
     if not (folder / "config.json").is_file():
         raise MeshLMError(f"{folder} is not a model folder (no config.json); give a checkpoint folder from training.")
+    refuse_foreign_code(folder, trust_remote_code)
+    trust = {"trust_remote_code": trust_remote_code}
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, **trust)
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), **trust)
     except (OSError, ValueError, KeyError) as e:
         raise MeshLMError(f"cannot load the model in {folder}: {e}") from e
     return model, tokenizer
@@ -184,7 +195,7 @@ def evaluate_model_dir(args: argparse.Namespace) -> dict:
     if not (ppl_specs or rolling_specs or lambada_specs or tasks):
         raise MeshLMError("nothing to evaluate; give --ppl, --rolling, --lambada or --tasks.")
     model_dir = Path(args.model_dir).expanduser()
-    model, tokenizer = load_model_dir(model_dir)
+    model, tokenizer = load_model_dir(model_dir, args.trust_remote_code)
     device = prepare_model(model, args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     context = args.context or model_max_length(model)
     check_context(model, context)

@@ -12,6 +12,13 @@ length the cache returns, and its causal part hides a static cache's unwritten s
 length comes from the cache (a tensor for a static one), so the single-token decode step has fixed
 shapes and compiles as one graph (``generate`` compiles it with CUDA graphs on GPU).
 
+Activation checkpointing works per *unrolled* layer, so every iteration of a shared core is
+its own recompute region (:meth:`MeshLMPreTrainedModel.set_activation_checkpointing`, or HF's
+``gradient_checkpointing_enable``): ``full`` recomputes every unrolled layer in backward,
+``selective`` every other one (unrolled positions 0, 2, 4, ...), keeping about half of full's
+saving for about half its recompute. The state-passing scheme, embedding and head are never
+recomputed.
+
 ``num_loops=k`` runs the shared core k times instead of the layout's K (``num_loops=K`` is the default
 forward); the KV cache then has one slot per unrolled layer of that depth. ``backprop_loops=N`` runs
 the first k - N iterations under ``no_grad`` (truncated backprop through depth). Both are Python ints,
@@ -23,10 +30,12 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import CausalLMOutputWithPast
@@ -54,6 +63,10 @@ except ImportError:  # pragma: no cover - transformers 4.x
     from torch.nn import init
 
 
+# activation checkpointing modes: recompute every N-th unrolled layer (0 = none)
+CHECKPOINT_MODES = {"none": 0, "full": 1, "selective": 2}
+
+
 def build_scheme(config: MeshLMConfig) -> StateScheme:
     """The state-passing module named by ``config.scheme``."""
     kind, terms = parse_scheme(config.scheme)
@@ -79,7 +92,7 @@ class MeshLMPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     # the decode step traces as one graph over a StaticCache (fixed-shape masks, no data-dependent branches)
     _can_compile_fullgraph = True
-    supports_gradient_checkpointing = False
+    supports_gradient_checkpointing = True
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
         """``PreTrainedModel.save_pretrained``, then ship the modelling code (:func:`meshlm.hub.export_remote_code`).
@@ -95,6 +108,26 @@ class MeshLMPreTrainedModel(PreTrainedModel):
         rank0 = not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
         if kwargs.get("is_main_process", True) and rank0:
             export_remote_code(save_directory)
+
+    def set_activation_checkpointing(self, mode: str = "full") -> None:
+        """Recompute unrolled layers in backward instead of keeping their activations (see module doc).
+
+        ``mode`` is one of :data:`CHECKPOINT_MODES`: ``none``, ``full`` (every unrolled layer) or
+        ``selective`` (every other unrolled layer). Applies in training mode only, without a KV cache.
+        """
+        if mode not in CHECKPOINT_MODES:
+            raise MeshLMError(f"activation checkpointing must be one of {', '.join(CHECKPOINT_MODES)}, got {mode!r}")
+        every = CHECKPOINT_MODES[mode]
+        self._set_gradient_checkpointing(every > 0, partial(checkpoint, use_reentrant=False), max(every, 1))
+
+    def _set_gradient_checkpointing(
+        self, enable: bool = True, gradient_checkpointing_func=checkpoint, every_n_layers: int = 1
+    ) -> None:
+        """HF's switch behind ``gradient_checkpointing_enable(every_n_layers=N)``, counted over unrolled layers."""
+        backbone = self.base_model
+        backbone.gradient_checkpointing = enable
+        backbone.checkpoint_every = every_n_layers
+        backbone._gradient_checkpointing_func = gradient_checkpointing_func
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -208,6 +241,7 @@ class MeshLMModel(MeshLMPreTrainedModel):
         self.final_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.rotary = Rotary(config)
         self.embed_scale = math.sqrt(config.hidden_size) if config.scale_embeddings else 1.0
+        self.gradient_checkpointing, self.checkpoint_every = False, 1  # set_activation_checkpointing
         self.post_init()
 
     def _check_split(self, split: Layout) -> None:
@@ -264,11 +298,16 @@ class MeshLMModel(MeshLMPreTrainedModel):
         prelude, loops, coda = layout.schedule()
         frozen = _frozen_loops(len(loops), backprop_loops)
         slot = 0
+        recompute = self.gradient_checkpointing and self.training and past_key_values is None
 
         def run(h: torch.Tensor, indices) -> torch.Tensor:
             nonlocal slot
             for i in indices:
-                h = self.layers[i](h, rope, mask, past_key_values, slot)
+                layer = self.layers[i]
+                if recompute and slot % self.checkpoint_every == 0:
+                    h = self._gradient_checkpointing_func(layer.__call__, h, rope, mask, None, slot)
+                else:
+                    h = layer(h, rope, mask, past_key_values, slot)
                 slot += 1
             return h
 
@@ -374,6 +413,7 @@ class MeshLMForCausalLM(MeshLMPreTrainedModel, GenerationMixin):
         targets: torch.LongTensor | None = None,
         num_loops: int | None = None,
         backprop_loops: int | None = None,
+        record: dict | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """Logits (and the mean next-token loss when ``labels`` or ``targets`` are given; -100 is ignored).
@@ -382,9 +422,10 @@ class MeshLMForCausalLM(MeshLMPreTrainedModel, GenerationMixin):
         already aligned with ``input_ids`` (token t+1 at position t, as the training loop feeds
         them), so every position is scored; with ``targets`` the loss comes from the fused
         head + cross-entropy (:mod:`meshlm.model.loss`) and ``logits`` is None. ``cache`` is the
-        newer transformers name of ``past_key_values``; either works. ``num_loops`` and
-        ``backprop_loops`` go to :meth:`MeshLMModel.forward` (``generate(..., num_loops=k)`` passes
-        ``num_loops`` on every step and sizes its cache for that depth).
+        newer transformers name of ``past_key_values``; either works. ``record`` is the backbone's
+        (:meth:`MeshLMModel.forward`): states and scheme internals of this pass. So are ``num_loops``
+        and ``backprop_loops`` (``generate(..., num_loops=k)`` passes ``num_loops`` on every step and
+        sizes its cache for that depth).
         """
         past_key_values = cache if cache is not None else past_key_values
         use_cache = self.config.use_cache if use_cache is None else use_cache
@@ -397,6 +438,7 @@ class MeshLMForCausalLM(MeshLMPreTrainedModel, GenerationMixin):
             attention_mask,
             position_ids,
             past_key_values,
+            record,
             num_loops=num_loops,
             backprop_loops=backprop_loops,
         )

@@ -31,6 +31,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from meshlm.config import MeshLMConfig
+from meshlm.model.router_stats import RouterStatistics
 from meshlm.model.schemes import StateScheme, at_step
 
 
@@ -67,6 +68,10 @@ class MeshScheme(StateScheme):
         self.transition_from_prelude = config.mesh_transition_input == "prelude"
         self.write = nn.ModuleList(Router(d, slots, s) for s in range(loops + 1))
         self.read = nn.ModuleList(Router(d, slots, s) for s in range(loops + 1))
+
+    def statistics(self) -> RouterStatistics:
+        """Per-step slot weights and router entropy over evaluation forwards (:mod:`meshlm.model.router_stats`)."""
+        return RouterStatistics(len(self.write), self.slots, self.write[0].weight.device)
 
     def _route(self, step: int, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write and read slot weights (batch, seq, B) of one step, softmax over slots, in ``h``'s dtype.

@@ -7,14 +7,18 @@ Every scheme answers three calls and the loop never asks which scheme it runs:
     h(t+1), carry   = scheme.step(t, h(t), f_core_t(x(t)), carry)
 
 ``carry`` is whatever the scheme needs across steps (the anchors, what the MeSH buffer holds). An optional
-``record`` dict receives per-step internals (router weights) for the probes. Schemes that combine states
-after the core override ``step``; input-injection schemes (``linear``, ``diagonal``) override ``enter``.
+``record`` dict receives per-step internals (router weights) for the probes, and ``scheme.statistics()``
+gives an accumulator that turns such records into the numbers a training run logs at each evaluation.
+Schemes that combine states after the core override ``step``; input-injection schemes (``linear``,
+``diagonal``) override ``enter``.
 
 The loop may run more (or fewer) iterations than the K the model was built with (``num_loops``). A scheme
 with per-step parameters then uses, at step t, those of step ``min(t, K - 1)``: :func:`at_step`.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -28,8 +32,35 @@ def at_step(per_step, t: int):
     return per_step[min(t, len(per_step) - 1)]
 
 
+class SchemeStatistics:
+    """Accumulates a scheme's internals over evaluation forwards; this base reports nothing.
+
+    Use: ``record = stats.new_record()``, pass it to the forward, ``stats.update(record)``, per batch;
+    then ``stats.all_reduce(reduce)`` (``reduce`` sums a tensor over ranks in place) and ``stats.result()``,
+    a flat ``{name: float}`` dict. Every rank must make the same calls, so the reduce is collective-safe.
+    """
+
+    def new_record(self) -> dict | None:
+        """The ``record`` dict to pass to the forward; None when nothing needs recording."""
+        return None
+
+    def update(self, record: dict | None) -> None:
+        """Add one forward's record."""
+
+    def all_reduce(self, reduce: Callable[[torch.Tensor], None]) -> None:
+        """Sum the accumulated values over ranks."""
+
+    def result(self) -> dict[str, float]:
+        """The statistics, named for logging."""
+        return {}
+
+
 class StateScheme(nn.Module):
     """Base recursion ``h(t+1) = f_core(h(t))``; subclasses add a supplementary state."""
+
+    def statistics(self) -> SchemeStatistics:
+        """A fresh accumulator of what this scheme logs at evaluation (nothing unless overridden)."""
+        return SchemeStatistics()
 
     def begin(self, h_emb: torch.Tensor, h_pre: torch.Tensor, record: dict | None = None):
         """State entering the loop, h(0), and the carry for the steps."""

@@ -173,9 +173,9 @@ def _saved_tokenizer(folder: Path) -> Tokenizer:
 
 
 def _load_model(folder: Path) -> MeshLMForCausalLM:
-    """The fp32 meshlm model saved in ``folder``."""
+    """The fp32 meshlm model saved in ``folder``, built by meshlm's own classes (no code from the folder runs)."""
     try:
-        return AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+        return AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32, trust_remote_code=False)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise MeshLMError(f"cannot load the model in {folder}: {e}") from None
 

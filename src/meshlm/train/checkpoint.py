@@ -3,6 +3,9 @@
 A checkpoint is written into a temporary sibling folder and renamed into place, so a crash
 mid-save leaves the previous checkpoint untouched; only the newest ``keep`` are kept.
 Model and optimizer states are saved whole (unsharded), so a run resumes on any world size.
+Nothing in a checkpoint is pickled: weights are safetensors, optimizer and RNG states are
+safetensors files written by :mod:`meshlm.train.safe_state`, the rest is JSON. Checkpoints of
+older meshlm versions (``optimizer.pt``/``rng.pt``, pickles) are refused, never unpickled.
 """
 
 from __future__ import annotations
@@ -18,13 +21,20 @@ import torch
 
 from meshlm.data.cache import publish, temp_sibling
 from meshlm.errors import MeshLMError
+from meshlm.train.safe_state import load_state, save_state
 
 STATE_FILE = "trainer_state.json"
+OPTIMIZER_FILE = "optimizer.safetensors"
+RNG_FILE = "rng.safetensors"
+PICKLED_FILES = ("optimizer.pt", "rng.pt")
 _STEP_DIR = re.compile(r"step-(\d+)")
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG a run draws from, as tensors and plain values (numpy's key array as a list of ints)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = (name, keys.tolist(), pos, has_gauss, cached)
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -32,7 +42,8 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -60,8 +71,8 @@ def save_checkpoint(
     tmp = temp_sibling(final)
     try:
         save_model_dir(tmp, model, tokenizer, state, model_state)
-        torch.save(optimizer_state, tmp / "optimizer.pt")
-        torch.save(rng_state(), tmp / "rng.pt")
+        save_state(optimizer_state, tmp / OPTIMIZER_FILE)
+        save_state(rng_state(), tmp / RNG_FILE)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -91,9 +102,15 @@ def read_state(path: Path) -> dict:
 def load_training_state(path: Path, device: torch.device) -> tuple[dict, dict, dict]:
     """(trainer state, optimizer state, RNG state) of checkpoint ``path``."""
     state = read_state(path)
+    pickled = [name for name in PICKLED_FILES if (path / name).exists()]
+    if pickled:
+        raise MeshLMError(
+            f"checkpoint {path} holds {'/'.join(pickled)}, pickles of an older meshlm that could run code when "
+            "loaded; meshlm no longer loads them: start a new run (another --out) instead of --resume"
+        )
     try:
-        optimizer = torch.load(path / "optimizer.pt", map_location=device, weights_only=False)
-        rng = torch.load(path / "rng.pt", weights_only=False)
-    except (OSError, RuntimeError) as err:
-        raise MeshLMError(f"checkpoint {path} is incomplete or corrupt ({err})") from err
+        optimizer = load_state(path / OPTIMIZER_FILE, device)
+        rng = load_state(path / RNG_FILE)
+    except MeshLMError as err:
+        raise MeshLMError(f"checkpoint {path} is incomplete or corrupt: {err}") from None
     return state, optimizer, rng

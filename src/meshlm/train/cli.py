@@ -23,6 +23,7 @@ HELP = {
     "train_loops": "loop count per optimizer step: fixed (the layout's K), uniform:MIN-MAX or poisson:MEAN, "
     "drawn from (seed, step) so every rank and a resumed run agree",
     "backprop_loops": "backpropagate through the last N loop iterations only; earlier ones run under no_grad",
+    "activation_checkpointing": "none, full (recompute every unrolled layer in backward) or selective (every other)",
 }
 
 

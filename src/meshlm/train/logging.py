@@ -49,7 +49,8 @@ class RunLogger:
         if self.tb is not None:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)):
-                    self.tb.add_scalar(f"train/{key}", value, record["step"])
+                    # names that carry their own group ("router/write/step0/slot1") keep it
+                    self.tb.add_scalar(key if "/" in key else f"train/{key}", value, record["step"])
             self.tb.flush()
         if self.bar is not None:
             self.bar.update(record["step"] - self.last_logged_step)

@@ -27,6 +27,7 @@ from meshlm.accounting import count, expected_flops_per_token
 from meshlm.config import MeshLMConfig
 from meshlm.errors import MeshLMError
 from meshlm.model import MeshLMForCausalLM
+from meshlm.model.schemes import SchemeStatistics
 from meshlm.train import checkpoint as ckpt
 from meshlm.train.depth import LoopSchedule
 from meshlm.train.distributed import Dist, setup_distributed, wrap_model
@@ -98,6 +99,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     resume: bool = False
     compile: bool = False
+    activation_checkpointing: str = "none"
     fsdp: bool = False
     device: str | None = None
     cache_dir: str | None = None
@@ -206,18 +208,27 @@ class _StopSignal:
 
 
 @torch.no_grad()
-def evaluate(model, batches: list[tuple[torch.Tensor, torch.Tensor]], dist: Dist, device, autocast) -> float:
-    """Mean held-out next-token loss; ranks share the batches and all-reduce the sums."""
+def evaluate(
+    model, batches: list[tuple[torch.Tensor, torch.Tensor]], dist: Dist, device, autocast, stats: SchemeStatistics
+) -> float:
+    """Mean held-out next-token loss; ranks share the batches and all-reduce the sums.
+
+    ``stats`` (the scheme's :meth:`~meshlm.model.schemes.StateScheme.statistics`) collects the
+    scheme's internals from the same forwards, so they cost no extra pass.
+    """
     model.eval()
     total = torch.zeros(2, device=device, dtype=torch.float64)
     for i, (x, y) in enumerate(batches):
         if i % dist.world != dist.rank:
             continue
+        record = stats.new_record()
         with autocast():
-            logits = model(x.to(device), use_cache=False).logits
+            logits = model(x.to(device), use_cache=False, record=record).logits
+        stats.update(record)
         total[0] += F.cross_entropy(logits.flatten(0, 1).float(), y.to(device).flatten(), reduction="sum")
         total[1] += y.numel()
     dist.all_reduce(total)
+    stats.all_reduce(dist.all_reduce)
     model.train()
     return (total[0] / total[1]).item()
 
@@ -280,6 +291,7 @@ def train(cfg: TrainConfig) -> dict:
         model = MeshLMForCausalLM.from_pretrained(resumed_from)
         start_step, tokens_seen = state["step"], state["tokens_seen"]
     model.to(device)
+    model.set_activation_checkpointing(cfg.activation_checkpointing)
     # a step of fewer loops than K leaves later steps' routers/gates unused (and truncation the prelude of base)
     varying = schedule.is_random or cfg.backprop_loops is not None
     wrapped = wrap_model(model, dist, compile=cfg.compile, find_unused_parameters=varying)
@@ -308,7 +320,7 @@ def train(cfg: TrainConfig) -> dict:
             "expected_flops_per_token": flops_per_token,
         },
         "tokenizer": tokenizer.name,
-        "data": {"train_tokens": len(shards.split("train")), "val_tokens": len(val_tokens)},
+        "data": {"train_tokens": len(sampler.tokens), "val_tokens": len(val_tokens)},
         "world_size": dist.world,
         "global_batch_seqs": global_seqs,
         "micro_batch": micro,
@@ -356,10 +368,11 @@ def train(cfg: TrainConfig) -> dict:
             depth = {"num_loops": loops or None, "backprop_loops": cfg.backprop_loops}
             for i, (x, y) in enumerate(batches):
                 sync = dist.no_sync(wrapped) if i < len(batches) - 1 else nullcontext()
-                with sync, autocast():
-                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                    loss = wrapped(x, targets=y, **depth).loss
-                (loss / accum).backward()
+                with sync:  # around backward too: FSDP2 reads the no-sync flag there (DDP in forward)
+                    with autocast():
+                        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                        loss = wrapped(x, targets=y, **depth).loss
+                    (loss / accum).backward()
                 loss_sum += loss.detach() / accum
             grad_norm = torch.nn.utils.clip_grad_norm_(wrapped.parameters(), cfg.grad_clip)
             optimizer.step()
@@ -396,8 +409,10 @@ def train(cfg: TrainConfig) -> dict:
                 if device.type == "cuda":  # what a run of this shape needs (compare --parallel, bench/)
                     record["max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
                 if eval_now:
-                    record["val_loss"] = evaluate(wrapped, val, dist, device, autocast)
+                    stats = model.model.scheme.statistics()
+                    record["val_loss"] = evaluate(wrapped, val, dist, device, autocast, stats)
                     record["val_ppl"] = math.exp(min(record["val_loss"], 50))
+                    record.update(stats.result())
                 logger.log(record)
                 t_last, tokens_last = time.perf_counter(), tokens_seen
             if save_now:

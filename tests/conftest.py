@@ -19,6 +19,8 @@ SCHEME_CASES = [
     ("dynamic", "1+2R2+1"),
     ("mesh", "1+2R2+1"),
     ("mesh", "1+1+1+1"),
+    ("linear", "1+2R2+1"),
+    ("diagonal", "1+2R3+1"),
 ]
 
 
@@ -43,6 +45,13 @@ def tiny_config(**overrides) -> MeshLMConfig:
     )
     settings.update(overrides)
     return MeshLMConfig(**settings)
+
+
+def build(scheme: str, layout: str, **overrides) -> MeshLMForCausalLM:
+    """A tiny model in eval mode with randomized scheme parameters."""
+    model = MeshLMForCausalLM(tiny_config(scheme=scheme, layout=layout, **overrides)).eval()
+    randomize_scheme(model)
+    return model
 
 
 def randomize_scheme(model: MeshLMForCausalLM, seed: int = 1) -> None:
@@ -78,6 +87,30 @@ def tiny_run(data, out, cache, **overrides) -> dict:
     )
     options.update(overrides)
     return options
+
+
+TRAIN_TEXT = " ".join(
+    f"The {w} of the {v} is {u}."
+    for w in ("cat", "dog", "sun", "sea")
+    for v in ("hill", "road", "lake")
+    for u in ("red", "blue", "green", "old", "new")
+)
+
+
+@pytest.fixture
+def corpus(tmp_path_factory) -> str:
+    """A folder of 40 short repetitive documents for the training-loop tests."""
+    folder = tmp_path_factory.mktemp("corpus")
+    for i in range(40):
+        (folder / f"doc{i:02d}.txt").write_text(f"Document {i}. " + TRAIN_TEXT)
+    return str(folder)
+
+
+def tiny_train(corpus, out, **overrides):
+    """The :class:`TrainConfig` of :func:`tiny_run` with its cache beside ``out``."""
+    from meshlm.train.loop import TrainConfig
+
+    return TrainConfig(**tiny_run(corpus, out, out.parent / "cache", **overrides))
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import tiny_config
 from meshlm import MeshLMConfig, MeshLMForCausalLM
-from meshlm.accounting import count, count_parameters
+from meshlm.accounting import count, count_parameters, expected_flops_per_token, flops_per_token
 from meshlm.cli import main
 
 
@@ -54,6 +54,8 @@ def test_router_count(loops, slots):
         ("static", "1+2R3+1"),
         ("dynamic", "1+1+1+1"),
         ("anchor", "0+2R2+0"),
+        ("linear", "1+2R2+1"),
+        ("diagonal", "1+1R3+1"),
     ],
 )
 def test_config_counts_equal_instantiated_model(scheme, layout):
@@ -106,3 +108,23 @@ def test_params_cli_bad_input_is_one_error_line(argv, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ")
+
+
+def test_flops_at_other_depths_truncation_and_injection():
+    cfg = MeshLMConfig.from_preset("pythia-160m", layout="2+4R2+2")
+    d, t, v, per_layer = 768, 1024, 50304, 12 * 768 * 768 + 13 * 768
+    outer = 6 * (4 * per_layer + v * d) + 12 * 4 * d * t
+    loop = 6 * 4 * per_layer + 12 * 4 * d * t
+    assert flops_per_token(cfg, t) == count(cfg, t).flops_per_token == outer + 2 * loop
+    assert flops_per_token(cfg, t, loops=5) == outer + 5 * loop
+    assert flops_per_token(cfg, t, loops=5, backprop_loops=2) == outer + 2 * loop + 3 * loop // 3
+    assert flops_per_token(cfg, t, loops=2, backprop_loops=8) == outer + 2 * loop
+    expected = expected_flops_per_token(cfg, t, {1: 0.25, 2: 0.25, 3: 0.25, 4: 0.25})
+    assert expected == pytest.approx(outer + 2.5 * loop)
+    linear = MeshLMConfig.from_preset("pythia-160m", layout="2+4R2+2", scheme="linear")
+    assert flops_per_token(linear, t, loops=3) == outer + 3 * (loop + 6 * 2 * d * d)
+    diagonal = MeshLMConfig.from_preset("pythia-160m", layout="2+4R2+2", scheme="diagonal")
+    assert count(diagonal, t).non_embedding == count(cfg, t).non_embedding + 2 * d
+    mesh = MeshLMConfig.from_preset("pythia-160m", layout="2+4R2+2", scheme="mesh")
+    b = 5
+    assert flops_per_token(mesh, t, loops=4) == outer + 4 * loop + 8 * 5 * d * b

@@ -155,3 +155,46 @@ def test_shipped_sweep_configs_are_valid(path, tmp_path):
         cfg = sweep.run_config(variant, sweep.seeds[0])
         depths.add(parse_layout(cfg.layout).unrolled_layers)
     assert len(depths) == 1  # matched compute
+
+
+def test_plan_matches_compute_on_expected_flops_of_random_depth(sweep):
+    sweep.variants = [
+        Variant.parse("vanilla"),
+        Variant.parse({"name": "mesh-rd", "scheme": "mesh", "train_loops": "uniform:1-3"}),
+    ]
+    rows = plan(sweep)["variants"]
+    assert rows["mesh-rd"]["unrolled_layers"] == rows["vanilla"]["unrolled_layers"] == 4  # E[k] = 2 = K
+    assert rows["mesh-rd"]["flops_per_token"] == pytest.approx(rows["vanilla"]["flops_per_token"], rel=1e-2)
+    assert rows["mesh-rd"]["train_loops"] == "uniform:1-3" and rows["vanilla"]["train_loops"] == "fixed"
+    for extra in (
+        {"name": "deep", "scheme": "mesh", "train_loops": "uniform:2-4"},  # E[k] = 3
+        {"name": "tbptt", "scheme": "anchor", "train_loops": "uniform:1-3", "backprop_loops": 1},  # cheaper steps
+    ):
+        sweep.variants = sweep.variants[:2] + [Variant.parse(extra)]
+        with pytest.raises(MeshLMError, match="expected backbone training FLOPs per token"):
+            plan(sweep)
+
+
+def test_sweep_evaluates_every_loop_count_and_reports_the_curve(sweep):
+    sweep.variants = [Variant.parse(v) for v in ("base", "mesh", "linear")]
+    sweep.train.train_loops = "uniform:1-3"
+    sweep.train.max_steps = 3
+    sweep.probe_samples = 0
+    sweep.eval_loops = [1, 2, 4]
+    run_sweep(sweep)
+    data = json.loads((sweep.out / "report.json").read_text())
+    curve = data["loops_curve"]
+    assert set(curve) == {"base", "mesh", "linear"}
+    for variant in curve:
+        at = curve[variant]["held-out"]
+        assert list(at) == ["1", "2", "4"]
+        default = json.loads((sweep.run_dir(Variant.parse(variant), 0) / "eval.json").read_text())
+        assert at["2"]["loss_mean"] == default["held-out"]["loss"]  # K = 2 is the default forward
+        assert at["1"]["loss_mean"] != at["4"]["loss_mean"]
+    report = (sweep.out / "report.md").read_text()
+    assert "held-out loss by loop count" in report and "| mesh | uniform:1-3 |" in report
+    sweep.eval_loops = [3]  # a finished sweep evaluates only the new count
+    run_sweep(sweep)
+    cached = json.loads((sweep.run_dir(Variant.parse("mesh"), 0) / "eval_loops.json").read_text())
+    assert sorted(cached) == ["1", "2", "3", "4"]
+    assert list(json.loads((sweep.out / "report.json").read_text())["loops_curve"]["mesh"]["held-out"]) == ["3"]

@@ -125,8 +125,8 @@ def test_report_numbers_match_a_recomputation_from_eval_json(sweeps):
         assert row["loss_std"] == pytest.approx(std, abs=1e-12)
         assert row["delta_vs_vanilla"] == pytest.approx(mean[v] - mean["vanilla"], abs=1e-12)
         cells = _md_row(report, v)
-        assert cells[6] == f"{mean[v]:.4f} ± {std:.4f}"
-        for column, ref in ((8, "anchor"), (9, "vanilla")):
+        assert cells[2] == "fixed" and cells[7] == f"{mean[v]:.4f} ± {std:.4f}"
+        for column, ref in ((9, "anchor"), (10, "vanilla")):
             if ref == v:
                 assert ref not in row["paired"] and cells[column] == "-"
                 continue

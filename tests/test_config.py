@@ -65,6 +65,8 @@ def test_bad_layouts_are_refused_with_the_accepted_forms(text):
         ("mesh", "mesh", set()),
         ("static", "static", set()),
         ("dynamic", "dynamic", set()),
+        ("linear", "linear", set()),
+        ("Diagonal", "diagonal", set()),
         ("anchor*", "additive", {"anchor*"}),
         ("anchor+residual", "additive", {"anchor", "residual"}),
         ("residual+anchor+anchor*", "additive", {"residual", "anchor", "anchor*"}),
@@ -78,7 +80,9 @@ def test_canonical_scheme_orders_terms():
     assert canonical_scheme("anchor*+residual") == "residual+anchor*"
 
 
-@pytest.mark.parametrize("text", ["", "mesh+anchor", "anchor+anchor", "foo", "base+residual", "static+anchor", "+"])
+@pytest.mark.parametrize(
+    "text", ["", "mesh+anchor", "anchor+anchor", "foo", "base+residual", "static+anchor", "+", "linear+anchor"]
+)
 def test_bad_schemes_are_refused_with_the_accepted_forms(text):
     with pytest.raises(MeshLMError, match="accepted schemes"):
         parse_scheme(text)
@@ -95,6 +99,13 @@ def test_bad_schemes_are_refused_with_the_accepted_forms(text):
         (dict(scheme="mesh", layout="1+2R3+1", buffer_size=4, router_init="fresh_slot"), "needs buffer_size"),
         (dict(scheme="mesh", layout="1+2R2+1", router_init="diag"), "router_init must be one of"),
         (dict(scheme="mesh", layout="1+2R2+1", mesh_transition_input="x"), "mesh_transition_input"),
+        (dict(scheme="linear", layout="1+2R2+1", linear_init="eye"), "linear_init must be one of"),
+        (
+            dict(scheme="diagonal", layout="1+2R2+1", diagonal_decay_init=1.0),
+            r"diagonal_decay_init must be in \(0, 1\)",
+        ),
+        (dict(scheme="diagonal", layout="1+2R2+1", diagonal_decay_init=0.0), "diagonal_decay_init"),
+        (dict(layout="6", scheme="linear"), "only takes scheme 'base'"),
         (dict(rotary_pct=1.5), "rotary_pct"),
         (dict(hidden_size=48, num_attention_heads=4), "must be even"),
         (dict(vocab_size=0), "vocab_size must be >= 1"),
@@ -127,3 +138,14 @@ def test_config_roundtrip_keeps_layout_and_scheme(tmp_path):
         "fresh_slot",
     )
     assert loaded.num_hidden_layers == 8
+
+
+def test_with_loops_changes_only_a_shared_cores_count():
+    lay = parse_layout("2+4R2+2")
+    assert lay.with_loops(2) is lay
+    assert str(lay.with_loops(5)) == "2+4R5+2" and lay.with_loops(5).unrolled_layers == 24
+    assert tiny_config(layout="2+4R2+2").unrolled_layers_at(1) == 8
+    assert parse_layout("1+1+1+1").with_loops(2) == parse_layout("1+1+1+1")
+    for text, loops in (("6", 2), ("1+1+1+1", 3)):
+        with pytest.raises(MeshLMError, match="no shared core"):
+            parse_layout(text).with_loops(loops)

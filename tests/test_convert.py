@@ -69,6 +69,17 @@ def test_recursive_layout_mapping_first_and_average():
     torch.testing.assert_close(unshared(ids).logits, hf(ids).logits, atol=1e-5, rtol=1e-5)
 
 
+def test_linear_scheme_converts_as_base_recursion():
+    hf = random_neox(layers=6)
+    ids = torch.randint(0, 120, (1, 10))
+    base = from_gpt_neox(hf, layout="1+2R2+1").eval()
+    linear = from_gpt_neox(hf, layout="1+2R2+1", scheme="linear").eval()
+    diagonal = from_gpt_neox(hf, layout="1+2R2+1", scheme="diagonal").eval()
+    torch.testing.assert_close(linear(ids).logits, base(ids).logits)
+    assert torch.equal(linear.model.layers[1].attn.qkv.weight, diagonal.model.layers[1].attn.qkv.weight)
+    assert diagonal.model.scheme.decay().allclose(torch.tensor(0.5))
+
+
 def test_bad_conversions_are_refused():
     hf = random_neox(layers=4)
     with pytest.raises(MeshLMError, match="unrolled layers"):

@@ -190,3 +190,60 @@ def test_table1_row_reads_harness_results_when_native_ones_are_absent():
     assert row["variant"] == "mesh" and row["ppl_lambada_standard"] == 50.0 and row["ppl_lambada_openai"] is None
     assert row["avg_0shot"] == pytest.approx(50.0) and row["avg_5shot"] == pytest.approx(55.0)
     assert table1_row({"model": {"layout": "12", "scheme": "base"}})["variant"] == "vanilla"
+
+
+@pytest.fixture(scope="module")
+def recursive_dir(tmp_path_factory):
+    """A tiny (untrained) recursive meshlm model saved with the fixtures' tokenizer."""
+    from conftest import randomize_scheme
+    from meshlm import MeshLMConfig, MeshLMForCausalLM
+
+    folder = tmp_path_factory.mktemp("recursive")
+    _, tokenizer = tiny_pair()
+    config = MeshLMConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_attention_heads=4, layout="1+1R2+1", scheme="mesh"
+    )
+    config.max_position_embeddings = 64
+    model = MeshLMForCausalLM(config).eval()
+    randomize_scheme(model)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_eval_reports_perplexity_per_loop_count(recursive_dir, corpus, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+
+    out_json = tmp_path / "eval.json"
+    argv = ["eval", str(recursive_dir), "--ppl", f"pile={corpus}", "--rolling", f"wikitext={corpus}"]
+    argv += ["--context", "32", "--device", "cpu", "--loops", "1,2,4", "--json", str(out_json)]
+    assert run_eval_cli(argv) == 0
+    report = json.loads(out_json.read_text())
+    assert list(report["loops"]) == ["1", "2", "4"]
+    assert report["loops"]["2"]["ppl"]["pile"] == report["ppl"]["pile"]  # the trained K is the default forward
+    assert report["loops"]["2"]["rolling"]["wikitext"] == report["rolling"]["wikitext"]
+    model = AutoModelForCausalLM.from_pretrained(recursive_dir)
+    _, tokenizer = tiny_pair()
+    tokens, _ = documents_to_stream(tokenizer, PARAGRAPHS)
+    for k in (1, 4):
+        direct = token_perplexity(model, tokens, 32, device="cpu", num_loops=k)
+        assert report["loops"][str(k)]["ppl"]["pile"]["perplexity"] == pytest.approx(direct["perplexity"], rel=1e-6)
+        assert direct["perplexity"] != pytest.approx(report["ppl"]["pile"]["perplexity"], rel=1e-4)
+    markdown = capsys.readouterr().out
+    assert "## Perplexity by loop count" in markdown and "| loops | pile ppl | wikitext word ppl |" in markdown
+
+
+@pytest.mark.parametrize(
+    ("which", "extra", "message"),
+    [
+        ("neox", ["--ppl", "p={corpus}", "--loops", "2"], "needs a recursive meshlm model"),
+        ("recursive", ["--ppl", "p={corpus}", "--loops", "0,2"], "num_loops must be an integer >= 1"),
+        ("recursive", ["--ppl", "p={corpus}", "--loops", "two"], "comma-separated integers"),
+        ("recursive", ["--lambada", str(TASKS_DIR / "lambada.jsonl"), "--loops", "2"], "give --ppl or --rolling"),
+    ],
+)
+def test_eval_loops_user_errors(model_dir, recursive_dir, corpus, which, extra, message):
+    folder = model_dir if which == "neox" else recursive_dir
+    argv = ["eval", str(folder), "--device", "cpu", *(arg.format(corpus=corpus) for arg in extra)]
+    with pytest.raises(MeshLMError, match=message):
+        run_eval_cli(argv)

@@ -101,12 +101,18 @@ def test_sequence_longer_than_max_positions_is_refused():
         model(torch.randint(1, 97, (1, 65)))
 
 
-def _reference_states(model, ids):
-    """Re-state the recursion by hand: prelude, loop and the scheme equations of the spec."""
+def _reference_states(model, ids, slots=None, num_loops=None):
+    """Re-state the recursion by hand: prelude, loop and the scheme equations of the spec.
+
+    ``slots`` is the MeSH buffer size, given by the test (not read from the config); ``num_loops``
+    runs the core that many times, steps past the layout's K using step K's parameters.
+    """
     cfg = model.config
     inner = model.model
     lay = cfg.parsed_layout
     pre, loops, coda = lay.schedule()
+    if num_loops is not None:
+        loops = (loops[0],) * num_loops
     pos = torch.arange(ids.shape[1])[None]
     rope = inner.rotary(pos)
 
@@ -121,34 +127,44 @@ def _reference_states(model, ids):
     scheme = inner.scheme
     states = {"emb": h_emb}
     if kind == "mesh":
-        slots = [h_emb] + [torch.zeros_like(h_emb) for _ in range(cfg.num_buffer_slots - 1)]
+        buffer = [h_emb] + [torch.zeros_like(h_emb) for _ in range(slots - 1)]
 
         def cycle(step, router_in, x):
+            step = min(step, lay.loops)
             w = torch.softmax(router_in @ scheme.write[step].weight.T + scheme.write[step].bias, dim=-1)
             r = torch.softmax(router_in @ scheme.read[step].weight.T + scheme.read[step].bias, dim=-1)
-            for b in range(len(slots)):
-                slots[b] = slots[b] + x * w[..., b : b + 1]
-            return sum(slots[b] * r[..., b : b + 1] for b in range(len(slots)))
+            assert w.shape[-1] == slots
+            for b in range(slots):
+                buffer[b] = buffer[b] + x * w[..., b : b + 1]
+            return sum(buffer[b] * r[..., b : b + 1] for b in range(slots))
 
-        h = cycle(0, h_pre, h_pre)  # transitional write-read of the prelude output
+        # transitional write-read of the prelude output; its routers see the prelude output or h_emb
+        h = cycle(0, h_emb if cfg.mesh_transition_input == "embedding" else h_pre, h_pre)
     else:
         h = h_pre
     h0 = h
     states["h0"] = h0
     for t, core in enumerate(loops):
-        hm = run(h, core)
+        last = min(t, lay.loops - 1)  # per-step parameters past K: the last step's
+        if kind == "linear":
+            x = torch.cat((h, h0), dim=-1) @ scheme.adapter.weight.T
+        elif kind == "diagonal":
+            x = torch.exp(-F.softplus(scheme.theta)) * h + scheme.b * h0
+        else:
+            x = h
+        hm = run(x, core)
         if kind == "mesh":
             new = cycle(t + 1, h, hm)
-        elif kind == "base":
+        elif kind in ("base", "linear", "diagonal"):
             new = hm
         elif kind == "additive":
             terms = {"residual": h, "anchor": h0, "anchor*": h_emb}
             new = hm + sum(terms[name] for name in cfg.scheme.split("+"))
         elif kind == "static":
-            a = scheme.coeffs[t]
+            a = scheme.coeffs[last]
             new = a[0] * hm + a[1] * h + a[2] * h0 + a[3] * h_emb
         else:  # dynamic: per-token coefficients from h(t)
-            a = h @ scheme.gates[t].weight.T + scheme.gates[t].bias
+            a = h @ scheme.gates[last].weight.T + scheme.gates[last].bias
             new = a[..., :1] * hm + a[..., 1:2] * h + a[..., 2:3] * h0 + a[..., 3:4] * h_emb
         h = new
         states[f"h{t + 1}"] = h
@@ -156,17 +172,72 @@ def _reference_states(model, ids):
     return states
 
 
-@pytest.mark.parametrize(("scheme", "layout"), [c for c in SCHEME_CASES if c[1] != "5"])
-def test_update_rule_matches_direct_restatement(scheme, layout):
-    model = build(scheme, layout)
-    ids = torch.randint(1, 97, (2, 8))
+# MeSH buffer sizes hard-coded per case: (layout, buffer_size option, B the model must use)
+MESH_BUFFERS = [
+    ("1+2R1+1", None, 4),
+    ("1+2R2+1", None, 5),
+    ("1+1R3+1", None, 6),
+    ("1+2R2+1", 2, 2),
+    ("1+2R2+1", 7, 7),
+    ("1+1R3+0", 8, 8),
+    ("1+1+1+1", None, 5),
+]
+
+
+def _assert_matches_reference(model, ids, slots=None, num_loops=None):
     record = {}
     with torch.no_grad():
-        logits = model.model(ids, record=record)
-        expected = _reference_states(model, ids)
+        logits = model.model(ids, record=record, num_loops=num_loops)
+        expected = _reference_states(model, ids, slots, num_loops)
     for key, value in expected.items():
         torch.testing.assert_close(record[key], value, atol=1e-5, rtol=1e-5, msg=key)
     torch.testing.assert_close(logits, model.model.final_norm(expected["out"]))
+
+
+@pytest.mark.parametrize(("scheme", "layout"), [c for c in SCHEME_CASES if c[1] != "5" and c[0] != "mesh"])
+def test_update_rule_matches_direct_restatement(scheme, layout):
+    _assert_matches_reference(build(scheme, layout), torch.randint(1, 97, (2, 8)))
+
+
+@pytest.mark.parametrize(("layout", "buffer_size", "slots"), MESH_BUFFERS)
+@pytest.mark.parametrize("transition", ["prelude", "embedding"])
+def test_mesh_update_rule_matches_direct_restatement(layout, buffer_size, slots, transition):
+    model = build("mesh", layout, buffer_size=buffer_size, mesh_transition_input=transition)
+    _assert_matches_reference(model, torch.randint(1, 97, (2, 8)), slots)
+
+
+def test_mesh_transition_input_changes_the_forward():
+    ids = torch.randint(1, 97, (2, 8))
+    prelude = build("mesh", "1+2R2+1")
+    embedding = build("mesh", "1+2R2+1", mesh_transition_input="embedding")
+    embedding.load_state_dict(prelude.state_dict())
+    assert not torch.allclose(prelude(ids).logits, embedding(ids).logits)
+
+
+@pytest.mark.parametrize(("layout", "slots"), [("1+2R1+1", 3), ("1+1R3+1", 6)])
+def test_fresh_slot_init_in_a_forward_pass(layout, slots):
+    """Untouched fresh_slot routers: step s writes to and reads from slot s + 1 with softmax weight e^3/(e^3+B-1)."""
+    model = MeshLMForCausalLM(
+        tiny_config(scheme="mesh", layout=layout, router_init="fresh_slot", router_init_bias=3.0, buffer_size=slots)
+    ).eval()
+    ids = torch.randint(1, 97, (2, 6))
+    _assert_matches_reference(model, ids, slots)
+    record = {}
+    model.model(ids, record=record)
+    own = math.exp(3.0) / (math.exp(3.0) + slots - 1)
+    for key in ("write", "read"):
+        for step, weights in enumerate(record[key]):
+            expected = torch.full((2, 6, slots), (1 - own) / (slots - 1))
+            expected[..., step + 1] = own
+            torch.testing.assert_close(weights, expected, msg=f"{key} step {step}")
+
+
+@pytest.mark.parametrize(("scheme", "layout"), [("mesh", "1+2R2+1"), ("static", "1+2R2+1"), ("dynamic", "1+1R3+1")])
+@pytest.mark.parametrize("num_loops", [1, 4, 6])
+def test_run_time_loop_count_matches_direct_restatement(scheme, layout, num_loops):
+    model = build(scheme, layout)
+    slots = 5 if layout == "1+2R2+1" else 6
+    _assert_matches_reference(model, torch.randint(1, 97, (2, 8)), slots, num_loops)
 
 
 @pytest.mark.parametrize("layout", ["1+2R2+1", "1+1+1+1"])
@@ -177,7 +248,7 @@ def test_mesh_gradients_match_the_materialised_buffer(layout):
     targets = torch.randint(1, 97, (2, 8))
     loss = model(ids, targets=targets, use_cache=False).loss
     got = torch.autograd.grad(loss, list(model.parameters()))
-    h = model.model.final_norm(_reference_states(model, ids)["out"])
+    h = model.model.final_norm(_reference_states(model, ids, slots=5)["out"])
     expected_loss = F.cross_entropy(model.lm_head(h).flatten(0, 1), targets.flatten())
     expected = torch.autograd.grad(expected_loss, list(model.parameters()))
     torch.testing.assert_close(loss, expected_loss, atol=1e-6, rtol=1e-6)

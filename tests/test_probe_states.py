@@ -75,6 +75,40 @@ def test_mesh_router_weights_have_step_batch_seq_slot_shape_and_sum_to_one(schem
     assert states["read"][1].std(dim=(0, 1)).max() > 1e-3
 
 
+@pytest.mark.parametrize("transition", ["prelude", "embedding"])
+def test_recorded_router_weights_are_each_steps_own_read_and_write(transition):
+    """Each recorded step equals softmax(router(input)) of that step's read or write router, computed here."""
+    model = build("mesh", "1+2R2+1", mesh_transition_input=transition)
+    ids = torch.randint(0, 97, (2, 7))
+    states = collect_states(model, ids)
+    record = {}
+    with torch.no_grad():
+        model.model(ids, record=record)
+        emb = model.model.embed(ids) * model.model.embed_scale
+        rope = model.model.rotary(torch.arange(7)[None])
+        prelude = model.model.layers[0](emb, rope, None)
+    inputs = [emb if transition == "embedding" else prelude, record["h0"], record["h1"]]
+    scheme = model.model.scheme
+    for step, router_in in enumerate(inputs):
+        for key, routers in (("write", scheme.write), ("read", scheme.read)):
+            with torch.no_grad():
+                expected = torch.softmax(routers[step](router_in), dim=-1)
+            torch.testing.assert_close(states[key][step], expected, msg=f"{key} step {step}")
+    assert not torch.allclose(states["read"], states["write"])
+
+
+@pytest.mark.parametrize(("scheme", "layout"), [("linear", "1+2R2+1"), ("diagonal", "1+1R3+1")])
+def test_input_injection_states_are_the_core_outputs(scheme, layout):
+    """For linear/diagonal h(t+1) is f_core's output itself, so the probe adds no separate core outputs."""
+    model = build(scheme, layout)
+    ids = torch.randint(0, 97, (2, 8))
+    states = collect_states(model, ids, core_outputs=True)
+    for t in range(1, parse_layout(layout).loops + 1):
+        assert torch.equal(states[f"h{t}"], states[f"core_out{t}"])
+    result = probe_model(model, [ids], progress=False)
+    assert result["core_outputs"] == []
+
+
 def test_core_outputs_are_the_raw_core_results_the_scheme_combines():
     ids = torch.randint(0, 97, (2, 8))
     base = collect_states(build("base", "1+2R3+1"), ids, core_outputs=True)

@@ -12,32 +12,13 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import meshlm
-from conftest import tiny_run
+from conftest import tiny_train as tiny
 from meshlm.cli import main
 from meshlm.errors import MeshLMError
 from meshlm.train import checkpoint as ckpt
 from meshlm.train import loop
 from meshlm.train.loop import TrainConfig, train
 from meshlm.train.optim import lr_at, param_groups
-
-TEXT = " ".join(
-    f"The {w} of the {v} is {u}."
-    for w in ("cat", "dog", "sun", "sea")
-    for v in ("hill", "road", "lake")
-    for u in ("red", "blue", "green", "old", "new")
-)
-
-
-@pytest.fixture
-def corpus(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("corpus")
-    for i in range(40):
-        (folder / f"doc{i:02d}.txt").write_text(f"Document {i}. " + TEXT)
-    return str(folder)
-
-
-def tiny(corpus, out, **kw) -> TrainConfig:
-    return TrainConfig(**tiny_run(corpus, out, out.parent / "cache", **kw))
 
 
 def losses(out):
@@ -55,17 +36,31 @@ def test_schedule_warmup_peak_and_final_value():
     assert all(a >= b for a, b in itertools.pairwise(values))
 
 
-def test_weight_decay_only_on_matrices():
+@pytest.mark.parametrize(
+    ("scheme", "decayed_scheme_params", "plain_scheme_params"),
+    [
+        ("static", [], ["coeffs"]),
+        ("dynamic", ["gates.0.weight", "gates.1.weight"], ["gates.0.bias", "gates.1.bias"]),
+        ("mesh", [f"{r}.{s}.weight" for r in ("write", "read") for s in range(3)], []),
+        ("linear", ["adapter.weight"], []),
+        ("diagonal", [], ["theta", "b"]),
+    ],
+)
+def test_weight_decay_only_on_matrices(scheme, decayed_scheme_params, plain_scheme_params):
     model = meshlm.MeshLMForCausalLM(
-        meshlm.MeshLMConfig(vocab_size=64, hidden_size=16, num_attention_heads=2, layout="1+1R2+1", scheme="static")
+        meshlm.MeshLMConfig(vocab_size=64, hidden_size=16, num_attention_heads=2, layout="1+1R2+1", scheme=scheme)
     )
     decay, no_decay = param_groups(model, 0.01)
     names = {id(p): n for n, p in model.named_parameters()}
-    assert all(
-        names[id(p)].endswith("weight") and ("norm" not in names[id(p)] and "ln" not in names[id(p)])
-        for p in decay["params"]
-    )
-    assert {names[id(p)] for p in no_decay["params"]} >= {"model.scheme.coeffs", "model.final_norm.weight"}
+    layer_matrices = [
+        f"model.layers.{i}.{m}.weight" for i in range(3) for m in ("attn.qkv", "attn.proj", "mlp.fc", "mlp.proj")
+    ]
+    expected = {"model.embed.weight", "lm_head.weight", *layer_matrices}
+    expected |= {f"model.scheme.{n}" for n in decayed_scheme_params}
+    assert sorted(names[id(p)] for p in decay["params"]) == sorted(expected)
+    everything = [n for n, _ in model.named_parameters()]
+    assert sorted(names[id(p)] for p in decay["params"] + no_decay["params"]) == sorted(everything)
+    assert {f"model.scheme.{n}" for n in plain_scheme_params} <= {names[id(p)] for p in no_decay["params"]}
     assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
 
 

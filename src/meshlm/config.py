@@ -22,12 +22,15 @@ LAYOUT_FORMS = (
 )
 
 ADDITIVE_TERMS = ("residual", "anchor", "anchor*")
-NAMED_SCHEMES = ("base", "static", "dynamic", "mesh")
+NAMED_SCHEMES = ("base", "static", "dynamic", "mesh", "linear", "diagonal")
+# schemes that transform the core's input and pass its output on unchanged: h(t+1) = f_core(x(t))
+INPUT_SCHEMES = ("linear", "diagonal")
 SCHEME_FORMS = (
     "accepted schemes: 'base', 'residual', 'anchor', 'anchor*', a '+'-joined set of residual/anchor/anchor* "
-    "(e.g. 'residual+anchor'), 'static', 'dynamic', 'mesh'"
+    "(e.g. 'residual+anchor'), 'static', 'dynamic', 'mesh', 'linear', 'diagonal'"
 )
 ROUTER_INITS = ("normal", "uniform", "fresh_slot")
+LINEAR_INITS = ("identity", "normal")
 TRANSITION_ROUTER_INPUTS = ("prelude", "embedding")
 
 
@@ -58,6 +61,23 @@ class Layout:
     def unique_layers(self) -> int:
         """Layers with their own weights (a shared core counts once)."""
         return self.prelude + self.core * (1 if self.shared else self.loops) + self.coda
+
+    def with_loops(self, loops: int) -> Layout:
+        """The same layout with its shared core run ``loops`` times (the loop count chosen at run time).
+
+        Only a shared core can run a number of times other than its own; MeshLMError otherwise.
+        """
+        if loops == self.loops:
+            return self
+        if not isinstance(loops, int) or loops < 1:
+            raise MeshLMError(f"num_loops must be an integer >= 1, got {loops!r}")
+        if not self.shared:
+            kind = "vanilla" if self.is_vanilla else "unshared-core"
+            raise MeshLMError(
+                f"num_loops={loops}: the {kind} layout {self} has no shared core to run another number of times "
+                f"(only its own {self.loops})"
+            )
+        return Layout(self.prelude, self.core, loops, self.coda, shared=True)
 
     def schedule(self) -> tuple[tuple[int, ...], tuple[tuple[int, ...], ...], tuple[int, ...]]:
         """Indices into the model's unique layer list: (prelude, one tuple per loop, coda)."""
@@ -110,8 +130,8 @@ def parse_layout(text: str) -> Layout:
 def parse_scheme(text: str) -> tuple[str, frozenset[str]]:
     """Parse a scheme string; returns (kind, additive terms).
 
-    kind is one of ``base``, ``additive``, ``static``, ``dynamic``, ``mesh``; the terms are only
-    non-empty for ``additive`` (a subset of residual / anchor / anchor*).
+    kind is one of ``base``, ``additive``, ``static``, ``dynamic``, ``mesh``, ``linear``, ``diagonal``;
+    the terms are only non-empty for ``additive`` (a subset of residual / anchor / anchor*).
     """
     s = str(text).replace(" ", "").lower()
     if s in NAMED_SCHEMES:
@@ -156,6 +176,10 @@ class MeshLMConfig(PretrainedConfig):
     ``"fresh_slot"``: zero weights, bias ``router_init_bias`` on slot s+1 for step s, so step s
     starts writing to and reading from its own fresh slot) and ``mesh_transition_input`` (what
     feeds the transitional routers: ``"prelude"`` output, the default, or the ``"embedding"``).
+    Input-injection options: ``linear_init`` (``"identity"``, the default: the adapter starts as
+    ``A = [I | 0]``, i.e. base recursion; ``"normal"``: N(0, initializer_range) like every other
+    matrix, Huginn's random init) and ``diagonal_decay_init`` (the initial per-channel ``a`` of
+    ``diagonal``, in (0, 1); ``b`` starts at ``1 - a``).
     """
 
     model_type = "meshlm"
@@ -173,6 +197,8 @@ class MeshLMConfig(PretrainedConfig):
         router_init: str = "normal",
         router_init_bias: float = 2.0,
         mesh_transition_input: str = "prelude",
+        linear_init: str = "identity",
+        diagonal_decay_init: float = 0.5,
         rotary_pct: float = 0.25,
         rope_theta: float = 10000.0,
         layer_norm_eps: float = 1e-5,
@@ -199,6 +225,8 @@ class MeshLMConfig(PretrainedConfig):
         self.router_init = router_init
         self.router_init_bias = float(router_init_bias)
         self.mesh_transition_input = mesh_transition_input
+        self.linear_init = linear_init
+        self.diagonal_decay_init = float(diagonal_decay_init)
         self.rotary_pct = float(rotary_pct)
         self.rope_theta = float(rope_theta)
         self.layer_norm_eps = float(layer_norm_eps)
@@ -277,6 +305,10 @@ class MeshLMConfig(PretrainedConfig):
             raise MeshLMError(
                 f"mesh_transition_input must be one of {TRANSITION_ROUTER_INPUTS}, got {self.mesh_transition_input!r}"
             )
+        if self.linear_init not in LINEAR_INITS:
+            raise MeshLMError(f"linear_init must be one of {LINEAR_INITS}, got {self.linear_init!r}")
+        if not 0.0 < self.diagonal_decay_init < 1.0:
+            raise MeshLMError(f"diagonal_decay_init must be in (0, 1), got {self.diagonal_decay_init}")
         if self.buffer_size is not None:
             if kind != "mesh":
                 raise MeshLMError(f"buffer_size only applies to scheme 'mesh', not {self.scheme!r}")
@@ -297,6 +329,11 @@ class MeshLMConfig(PretrainedConfig):
         kwargs = dict(vocab_size=50304, hidden_size=hidden, num_attention_heads=heads, layout=str(layers))
         kwargs.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**kwargs)
+
+    def unrolled_layers_at(self, num_loops: int | None = None) -> int:
+        """Unrolled depth (KV-cache slots) of a forward pass running the core ``num_loops`` times (default K)."""
+        layout = self.parsed_layout
+        return layout.with_loops(num_loops).unrolled_layers if num_loops is not None else layout.unrolled_layers
 
     def depth_init_scale(self) -> float:
         """Multiplier of the output projections' init std: 1/sqrt(2 * unrolled layers)."""

@@ -13,8 +13,10 @@ mapping (``core_init``) is:
   Recursive Transformers").
 - an unshared-core layout ``P+C+C+D`` takes source layers in order (needs N = P + K*C + D).
 
-Scheme parameters (routers, gates) keep their fresh init. ``to_gpt_neox`` is the inverse for
-vanilla meshlm models without embedding scale (used for the HF parity test and baselines).
+Scheme parameters (routers, gates, the linear adapter, the diagonal injection) keep their fresh
+init; with ``scheme="linear"`` and its identity init the converted model equals ``scheme="base"``.
+``to_gpt_neox`` is the inverse for vanilla meshlm models without embedding scale (used for the HF
+parity test and baselines).
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@ token stream (same data, tokenizer, sequence length, global batch and seed, so t
 every variant identical batches in identical order), evaluates held-out loss on each eval set,
 probes one model per variant, and writes ``report.md``, ``report.json``, ``loss_curves.png`` and the
 probe figures side by side. The vanilla twin of a recursive layout has the same unrolled depth,
-so the same FLOPs per token. Finished runs are skipped and interrupted ones resumed, so an
+so the same FLOPs per token; runs of random depth (``--train-loops``) are matched on their expected
+backbone FLOPs (:mod:`meshlm.compare.plan`), and ``eval_loops`` evaluates every shared-core run at
+several loop counts. Finished runs are skipped and interrupted ones resumed, so an
 interrupted sweep continues where it stopped. A budget that would repeat training data is
 refused unless ``allow_repeat`` is set (a fair comparison stays within one epoch).
 

@@ -11,7 +11,7 @@ from meshlm.compare.run import run_sweep
 from meshlm.errors import MeshLMError
 from meshlm.eval.cli import parse_int_list
 
-COMPARE_KEYS = ("variants", "seeds", "evals", "eval_tokens", "probe_samples", "allow_repeat", "parallel")
+COMPARE_KEYS = ("variants", "seeds", "evals", "eval_tokens", "probe_samples", "allow_repeat", "parallel", "eval_loops")
 
 
 def _split_list(text: str) -> list[str]:
@@ -68,7 +68,21 @@ def sweep_from_args(args) -> Sweep:
         else extra.get("probe_samples", Sweep.probe_samples),
         allow_repeat=bool(args.allow_repeat or extra.get("allow_repeat", False)),
         parallel=_parallel(args.parallel if args.parallel is not None else extra.get("parallel", 1)),
+        eval_loops=_eval_loops(args.eval_loops if args.eval_loops is not None else extra.get("eval_loops")),
     )
+
+
+def _eval_loops(value) -> list[int]:
+    """``--eval-loops 1,2,4`` (or a YAML list) as distinct loop counts >= 1."""
+    from meshlm.eval.cli import parse_int_list
+
+    if value is None:
+        return []
+    text = value if isinstance(value, str) else ",".join(str(v) for v in value)
+    counts = parse_int_list(text, "--eval-loops")
+    if 0 in counts:
+        raise MeshLMError(f"--eval-loops takes loop counts >= 1 (e.g. 1,2,4,8), got {value!r}")
+    return list(dict.fromkeys(counts))
 
 
 def _parallel(value) -> int:
@@ -124,6 +138,12 @@ def add_subcommand(subparsers) -> None:
         metavar="N",
         help="train up to N runs at once as subprocesses on the device, lowered to what fits in GPU memory "
         "(default: 1)",
+    )
+    parser.add_argument(
+        "--eval-loops",
+        metavar="K1,K2,...",
+        help="also evaluate every recursive run with its shared core looped K1, K2, ... times "
+        "(loss per loop count in the report), e.g. 1,2,3,4,5,6,7,8",
     )
     parser.set_defaults(func=_run_compare)
     scaling = subparsers.add_parser(

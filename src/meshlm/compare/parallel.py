@@ -49,13 +49,20 @@ def runs_that_fit(requested: int, free: int, per_run: int, eval_reserve: int) ->
 
 
 def _measure(cfg: TrainConfig, vocab_size: int, device: torch.device) -> tuple[int, int]:
-    """Peak bytes of two training steps (optimizer state included) and of one evaluation batch of ``cfg``."""
+    """Peak bytes of two training steps (optimizer state included) and of one evaluation batch of ``cfg``.
+
+    A random-depth run is measured at its deep end (the 99.9% quantile of its loop count).
+    """
     from meshlm.eval.perplexity import token_perplexity
     from meshlm.model import MeshLMForCausalLM
+    from meshlm.train.depth import LoopSchedule
     from meshlm.train.loop import build_model_config
     from meshlm.train.optim import build_optimizer
 
-    model = MeshLMForCausalLM(build_model_config(cfg, vocab_size)).to(device)
+    model_cfg = build_model_config(cfg, vocab_size)
+    deepest = LoopSchedule.parse(cfg.train_loops, model_cfg.parsed_layout).quantile(0.999)
+    depth = {"num_loops": deepest or None, "backprop_loops": cfg.backprop_loops}
+    model = MeshLMForCausalLM(model_cfg).to(device)
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay)
     per_step = cfg.batch_tokens // cfg.seq_len
     micro = min(cfg.micro_batch or per_step, per_step)
@@ -64,7 +71,7 @@ def _measure(cfg: TrainConfig, vocab_size: int, device: torch.device) -> tuple[i
     torch.cuda.reset_peak_memory_stats(device)
     for _ in range(2):
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = model(tokens[:, :-1], targets=tokens[:, 1:]).loss
+            loss = model(tokens[:, :-1], targets=tokens[:, 1:], **depth).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from meshlm.compare.plan import Sweep, log
 from meshlm.compare.stats import LEVEL, fmt_pm, interval, sample_std
+from meshlm.config import parse_layout
 
 # the references every variant is paired against, when the sweep has them
 REFERENCES = ("anchor", "vanilla")
@@ -17,8 +18,11 @@ REFERENCES = ("anchor", "vanilla")
 LOSS_RANGE_SKIP = 0.1
 
 
-def summarize(sweep: Sweep, planned: dict, evals: dict) -> dict:
+def summarize(sweep: Sweep, planned: dict, evals: dict, loops: dict | None = None) -> dict:
     """Per-variant mean and sample std over seeds, paired differences, deltas vs vanilla, gap closures vs base.
+
+    ``loops`` (``{variant: {seed: {k: {set: result}}}}``, from ``eval_loops``) adds ``loops_curve``:
+    per variant, per eval set, the mean and sample std of the loss at each loop count.
 
     ``paired[ref]`` holds, per seed, ``loss(variant) - loss(ref)`` (same seed = same data order, so the
     pairing removes the data-order noise both share) with its mean and t interval (:func:`interval`).
@@ -74,6 +78,7 @@ def summarize(sweep: Sweep, planned: dict, evals: dict) -> dict:
         "variants": table,
         "gap_closure": gaps,
         "gap_noise": gap_noise,
+        "loops_curve": _loops_curve(sweep, names, loops or {}),
     }
 
 
@@ -83,6 +88,47 @@ def _gap_noise(base_minus_vanilla: dict) -> str:
     if base_minus_vanilla["low"] is None:
         return "one seed"
     return "within noise" if base_minus_vanilla["low"] <= 0 <= base_minus_vanilla["high"] else "significant"
+
+
+def _loops_curve(sweep: Sweep, names: list[str], loops: dict) -> dict:
+    """``{variant: {set: {k: {loss_mean, loss_std, losses}}}}`` over the variants evaluated at several loop counts."""
+    curve = {}
+    for variant, by_seed in loops.items():
+        if not all(by_seed.values()):
+            continue  # a run without a shared core has no loop count to vary
+        counts = list(by_seed[sweep.seeds[0]])
+        curve[variant] = {
+            name: {
+                k: {
+                    "loss_mean": statistics.fmean(losses := [by_seed[s][k][name]["loss"] for s in sweep.seeds]),
+                    "loss_std": sample_std(losses),
+                    "losses": losses,
+                }
+                for k in counts
+            }
+            for name in names
+        }
+    return curve
+
+
+def loops_markdown(summary: dict) -> list[str]:
+    """Report lines: held-out loss (mean ± std over seeds) per variant and evaluation loop count."""
+    curve = summary.get("loops_curve") or {}
+    if not curve:
+        return []
+    lines = []
+    for name in summary["eval_sets"]:
+        counts = list(next(iter(curve.values()))[name])
+        lines += ["", f"{name} loss by loop count at evaluation (trained loops in the second column):", ""]
+        header = ["variant", "trained loops", *(f"k={k}" for k in counts)]
+        lines += ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+        for variant, by_set in curve.items():
+            trained = summary["plan"]["variants"][variant]["train_loops"]
+            if trained == "fixed":
+                trained = f"fixed ({parse_layout(summary['plan']['variants'][variant]['layout']).loops})"
+            cells = [fmt_pm(by_set[name][k]["loss_mean"], by_set[name][k]["loss_std"]) for k in counts]
+            lines.append("| " + " | ".join([variant, trained, *cells]) + " |")
+    return lines
 
 
 def _paired_cell(row: dict, ref: str) -> str:
@@ -109,7 +155,7 @@ def report_markdown(summary: dict, sweep: Sweep) -> str:
         "",
     ]
     sets = summary["eval_sets"]
-    header = ["layout", "variant", "non-emb params", "vs vanilla", "FLOPs/token", "total FLOPs"]
+    header = ["layout", "variant", "train loops", "non-emb params", "vs vanilla", "FLOPs/token", "total FLOPs"]
     for name in sets:
         header += [f"{name} loss", f"{name} PPL", f"{name} Δ vs anchor", f"{name} Δ vs vanilla"]
     lines += ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
@@ -118,6 +164,7 @@ def report_markdown(summary: dict, sweep: Sweep) -> str:
         cells = [
             row["layout"],
             variant,
+            row["train_loops"] + ("" if row["backprop_loops"] is None else f", backprop {row['backprop_loops']}"),
             f"{row['non_embedding']:,}",
             "-" if rel is None else f"{100 * rel:+.1f}%",
             f"{row['flops_per_token']:.3e}",
@@ -139,6 +186,7 @@ def report_markdown(summary: dict, sweep: Sweep) -> str:
                 bounds = "n/a" if p["low"] is None else f"[{p['low']:+.4f}, {p['high']:+.4f}]"
                 per_seed = ", ".join(f"{d:+.4f}" for d in p["values"])
                 lines.append(f"- {name}: {variant} - {ref} = {p['mean']:+.4f}, CI {bounds} (per seed: {per_seed})")
+    lines += loops_markdown(summary)
     if summary.get("gap_noise"):
         lines += [
             "",

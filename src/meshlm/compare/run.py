@@ -56,6 +56,35 @@ def evaluate_run(sweep: Sweep, run_dir: Path, eval_sets: dict) -> dict:
     return result
 
 
+def evaluate_loops(sweep: Sweep, run_dir: Path, eval_sets: dict) -> dict[str, dict]:
+    """Held-out loss/PPL at every ``sweep.eval_loops`` count, ``{k: {set: result}}`` (cached in ``eval_loops.json``).
+
+    Only recursive (shared-core) runs have a loop count to vary; others give ``{}``. Counts already in
+    the cache are not recomputed, so adding counts to a finished sweep evaluates only the new ones.
+    """
+    from transformers import AutoModelForCausalLM
+
+    from meshlm.eval.perplexity import token_perplexity
+
+    if not sweep.eval_loops:
+        return {}
+    cached = run_dir / "eval_loops.json"
+    done = json.loads(cached.read_text()) if cached.exists() else {}
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "model")
+    if not model.config.parsed_layout.shared:
+        return {}
+    device = sweep.train.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    seq = sweep.train.seq_len
+    for k in sweep.eval_loops:
+        if str(k) not in done:
+            done[str(k)] = {
+                name: token_perplexity(model, tokens, seq, seq, batch_size=16, device=device, num_loops=k)
+                for name, tokens in eval_sets.items()
+            }
+    cached.write_text(json.dumps(done, indent=2) + "\n")
+    return {str(k): done[str(k)] for k in sweep.eval_loops}
+
+
 def probe_variants(sweep: Sweep) -> list[Path]:
     """Diagnostics of each variant's first-seed model on held-out windows, figures side by side."""
     if sweep.probe_samples < 1:
@@ -95,11 +124,11 @@ def run_sweep(sweep: Sweep) -> dict:
     tokenizer, shards = load_run_data(sweep.train)
     planned = plan(sweep, (tokenizer, shards))
     sweep.out.mkdir(parents=True, exist_ok=True)
-    log("variant      layout      non-emb params   FLOPs/token   total FLOPs")
+    log("variant      layout      loops         non-emb params   FLOPs/token   total FLOPs")
     for name, row in planned["variants"].items():
         log(
-            f"{name:<12} {row['layout']:<11} {row['non_embedding']:>14,}   {row['flops_per_token']:.3e}   "
-            f"{row['total_flops']:.3e}"
+            f"{name:<12} {row['layout']:<11} {row['train_loops']:<13} {row['non_embedding']:>14,}   "
+            f"{row['flops_per_token']:.3e}   {row['total_flops']:.3e}"
         )
     eval_sets = {"held-out": _eval_tokens(shards, sweep.eval_tokens, held_out=True)}
     for name, source in sweep.evals.items():
@@ -139,7 +168,12 @@ def run_sweep(sweep: Sweep) -> dict:
     evals = {
         v.name: {s: evaluate_run(sweep, sweep.run_dir(v, s), eval_sets) for s in sweep.seeds} for v in sweep.variants
     }
-    summary = summarize(sweep, planned, evals)
+    loops = {
+        v.name: {s: evaluate_loops(sweep, sweep.run_dir(v, s), eval_sets) for s in sweep.seeds}
+        for v in sweep.variants
+        if sweep.eval_loops
+    }
+    summary = summarize(sweep, planned, evals, loops)
     figures = probe_variants(sweep)
     curves = plot_loss_curves(sweep, sweep.out / "loss_curves.png")
     summary["figures"] = [str(p.relative_to(sweep.out)) for p in [*figures, *([curves] if curves else [])]]

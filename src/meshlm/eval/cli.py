@@ -83,6 +83,12 @@ def add_subcommand(subparsers) -> None:
         "--limit", type=float, help="lm-eval examples per task (a fraction if < 1), for testing (default: all)"
     )
     p.add_argument(
+        "--loops",
+        metavar="K1,K2,...",
+        help="also report every --ppl/--rolling perplexity with the shared core run K1, K2, ... times "
+        "(the test-time-compute curve; recursive meshlm models only), e.g. 1,2,3,4,6,8 (default: none)",
+    )
+    p.add_argument(
         "--bootstrap-iters",
         type=int,
         default=100000,
@@ -142,6 +148,18 @@ def resolve_model_dir(path: str | Path) -> Path:
         f"{folder} is not a model folder (no config.json, nor model/config.json); "
         "give a folder written by meshlm train."
     )
+
+
+def loop_counts(value: str | None, model) -> list[int]:
+    """The ``--loops`` counts, checked against the model: it must be a meshlm model with a shared core."""
+    if value is None:
+        return []
+    counts = parse_int_list(value, "--loops")
+    if getattr(model.config, "model_type", None) != "meshlm":
+        raise MeshLMError(f"--loops needs a recursive meshlm model; {type(model).__name__} has no loop count.")
+    for k in counts:
+        model.config.parsed_layout.with_loops(k)  # refuses 0 and layouts without a shared core
+    return list(dict.fromkeys(counts))
 
 
 def load_model_dir(model_dir: str | Path, trust_remote_code: bool = False):
@@ -225,13 +243,20 @@ def evaluate_model_dir(args: argparse.Namespace) -> dict:
         },
     }
     common = {"batch_size": args.batch_size, "device": device, "progress": True}
-    for name, source in ppl_specs:
-        tokens, n_bytes = _ppl_stream(model_dir, source, args.max_tokens, tokenizer)
-        result = token_perplexity(model, tokens, context, stride, n_bytes=n_bytes, **common)
-        report.setdefault("ppl", {})[name] = {"source": source, **result}
-    for name, source in rolling_specs:
-        result = rolling_document_perplexity(model, tokenizer, list(iter_documents(source)), context, **common)
-        report.setdefault("rolling", {})[name] = {"source": source, **result}
+    loops = loop_counts(getattr(args, "loops", None), model)
+    if loops and not (ppl_specs or rolling_specs):
+        raise MeshLMError("--loops reports perplexity per loop count; give --ppl or --rolling as well.")
+    streams = {name: _ppl_stream(model_dir, source, args.max_tokens, tokenizer) for name, source in ppl_specs}
+    documents = {name: list(iter_documents(source)) for name, source in rolling_specs}
+    for k in [None, *loops]:
+        at_k = {} if k is None else report.setdefault("loops", {}).setdefault(str(k), {})
+        for name, source in ppl_specs:
+            tokens, n_bytes = streams[name]
+            result = token_perplexity(model, tokens, context, stride, n_bytes=n_bytes, num_loops=k, **common)
+            (report if k is None else at_k).setdefault("ppl", {})[name] = {"source": source, **result}
+        for name, source in rolling_specs:
+            result = rolling_document_perplexity(model, tokenizer, documents[name], context, num_loops=k, **common)
+            (report if k is None else at_k).setdefault("rolling", {})[name] = {"source": source, **result}
     for name, source in lambada_specs:
         records = [{"text": text} for text in iter_documents(source)]
         report.setdefault("lambada", {})[name] = {"source": source, **lambada(model, tokenizer, records, **common)}

@@ -70,12 +70,14 @@ def token_perplexity(
     device: str | torch.device | None = None,
     n_bytes: int | None = None,
     progress: bool = False,
+    num_loops: int | None = None,
 ) -> dict:
     """Mean next-token loss (nats/token) and perplexity over ``tokens`` with the module's window rule.
 
     ``stride`` defaults to ``context`` (disjoint windows). With ``n_bytes`` (the UTF-8 byte count
     of the text the scored tokens stand for, i.e. of everything after the first token), the result
-    also has ``bits_per_byte`` = total NLL / (ln 2 * n_bytes).
+    also has ``bits_per_byte`` = total NLL / (ln 2 * n_bytes). ``num_loops`` runs a recursive meshlm
+    model's shared core that many times (default: its own K).
     """
     if tokens.dim() != 1 or len(tokens) < 2:
         raise MeshLMError("token perplexity needs a 1-D stream of at least 2 tokens.")
@@ -83,7 +85,9 @@ def token_perplexity(
     check_context(model, context)
     items = window_items(tokens.long().cpu(), context, stride)
     run_on = prepare_model(model, device)
-    scores = score_items(model, items, batch_size=batch_size, device=run_on, progress=progress, desc="ppl")
+    scores = score_items(
+        model, items, batch_size=batch_size, device=run_on, progress=progress, desc="ppl", num_loops=num_loops
+    )
     nll = -sum(s.logprob for s in scores)
     count = sum(s.n_tokens for s in scores)
     result = {
@@ -144,6 +148,7 @@ def rolling_document_perplexity(
     batch_size: int = 8,
     device: str | torch.device | None = None,
     progress: bool = False,
+    num_loops: int | None = None,
 ) -> dict:
     """Document-level rolling log-likelihood with the LM Evaluation Harness ``wikitext`` metrics.
 
@@ -152,7 +157,8 @@ def rolling_document_perplexity(
     model's maximum). With LL the summed log-likelihood over all documents:
     word_perplexity = exp(-LL / words), byte_perplexity = exp(-LL / bytes) and
     bits_per_byte = -LL / (bytes * ln 2), where words (:func:`count_words`) and UTF-8 bytes are
-    counted on the documents exactly as given (lm-eval counts the raw WikiText page).
+    counted on the documents exactly as given (lm-eval counts the raw WikiText page). ``num_loops``
+    as in :func:`token_perplexity`.
     """
     if not documents:
         raise MeshLMError("rolling perplexity needs at least one document.")
@@ -166,7 +172,9 @@ def rolling_document_perplexity(
         n_tokens += len(ids)
         items += window_items(torch.tensor([prefix, *ids], dtype=torch.long), context, context)
     run_on = prepare_model(model, device)
-    scores = score_items(model, items, batch_size=batch_size, device=run_on, progress=progress, desc="rolling")
+    scores = score_items(
+        model, items, batch_size=batch_size, device=run_on, progress=progress, desc="rolling", num_loops=num_loops
+    )
     loglikelihood = sum(s.logprob for s in scores)
     words = sum(count_words(doc) for doc in documents)
     n_bytes = sum(len(doc.encode("utf-8")) for doc in documents)

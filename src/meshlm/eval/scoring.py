@@ -8,7 +8,8 @@ same). Forward passes run under ``torch.inference_mode`` with bf16 autocast on C
 elsewhere; log-softmax is always taken in fp32 and sums are accumulated in float64.
 
 The only model interface used is the Hugging Face causal LM one:
-``model(input_ids, use_cache=False).logits`` of shape (batch, seq, vocab).
+``model(input_ids, use_cache=False).logits`` of shape (batch, seq, vocab), plus ``num_loops=k``
+when a loop count is asked for (meshlm models).
 """
 
 from __future__ import annotations
@@ -106,13 +107,18 @@ def score_items(
     device: torch.device,
     progress: bool = False,
     desc: str = "scoring",
+    num_loops: int | None = None,
 ) -> list[Scored]:
-    """Score every item (in its original order); items are batched longest first."""
+    """Score every item (in its original order); items are batched longest first.
+
+    ``num_loops`` (recursive meshlm models) runs the shared core that many times instead of its K.
+    """
     if batch_size < 1:
         raise MeshLMError(f"batch size must be >= 1, got {batch_size}.")
     order = sorted(range(len(items)), key=lambda i: -len(items[i].inputs))
     results: list[Scored | None] = [None] * len(items)
     batches = list(_batches(order, batch_size))
+    loop_kwargs = {} if num_loops is None else {"num_loops": num_loops}
     with torch.inference_mode():
         for chunk in tqdm(batches, desc=desc, disable=not progress, leave=False):
             width = len(items[chunk[0]].inputs)
@@ -120,7 +126,7 @@ def score_items(
             for row, i in enumerate(chunk):
                 ids[row, : len(items[i].inputs)] = items[i].inputs
             with autocast(device):
-                logits = model(ids.to(device), use_cache=False).logits
+                logits = model(ids.to(device), use_cache=False, **loop_kwargs).logits
             for row, i in enumerate(chunk):
                 item = items[i]
                 end, n = len(item.inputs), len(item.targets)

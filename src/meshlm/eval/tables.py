@@ -98,6 +98,23 @@ def harness_markdown(report: dict) -> str:
     return markdown_table(["task", "metric", *[f"{s}-shot" for s in shots]], rows)
 
 
+def loops_markdown(report: dict) -> str:
+    """One row per ``--loops`` count: token perplexity of each --ppl set, word perplexity of each --rolling one."""
+    by_k = report["loops"]
+    first = next(iter(by_k.values()))
+    ppl, rolling = list(first.get("ppl", {})), list(first.get("rolling", {}))
+    header = ["loops", *(f"{n} ppl" for n in ppl), *(f"{n} word ppl" for n in rolling)]
+    rows = [
+        [
+            k,
+            *(by_k[k]["ppl"][n]["perplexity"] for n in ppl),
+            *(by_k[k]["rolling"][n]["word_perplexity"] for n in rolling),
+        ]
+        for k in by_k
+    ]
+    return markdown_table(header, rows)
+
+
 def report_markdown(report: dict) -> str:
     """A whole ``meshlm eval`` report: Table 1 row, then one table per evaluation kind present."""
     parts = ["## Table 1\n\n" + table1_markdown([report["table1"]])]
@@ -113,6 +130,8 @@ def report_markdown(report: dict) -> str:
         ]
         header = ["name", "documents", "word ppl", "byte ppl", "bits/byte"]
         parts.append("## Rolling document perplexity\n\n" + markdown_table(header, rows))
+    if "loops" in report:
+        parts.append("## Perplexity by loop count\n\n" + loops_markdown(report))
     if "lambada" in report:
         rows = [[name, r["examples"], 100 * r["acc"], r["perplexity"]] for name, r in report["lambada"].items()]
         parts.append("## LAMBADA\n\n" + markdown_table(["name", "examples", "acc %", "ppl"], rows))

@@ -18,10 +18,16 @@ its own recompute region (:meth:`MeshLMPreTrainedModel.set_activation_checkpoint
 ``selective`` every other one (unrolled positions 0, 2, 4, ...), keeping about half of full's
 saving for about half its recompute. The state-passing scheme, embedding and head are never
 recomputed.
+
+``num_loops=k`` runs the shared core k times instead of the layout's K (``num_loops=K`` is the default
+forward); the KV cache then has one slot per unrolled layer of that depth. ``backprop_loops=N`` runs
+the first k - N iterations under ``no_grad`` (truncated backprop through depth). Both are Python ints,
+so a compiled model recompiles once per distinct value.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from functools import partial
@@ -39,7 +45,14 @@ from meshlm.errors import MeshLMError
 from meshlm.model.layers import Layer, Rotary
 from meshlm.model.loss import linear_cross_entropy
 from meshlm.model.mesh import MeshScheme
-from meshlm.model.schemes import AdditiveScheme, DynamicScheme, StateScheme, StaticScheme
+from meshlm.model.schemes import (
+    AdditiveScheme,
+    DiagonalScheme,
+    DynamicScheme,
+    LinearScheme,
+    StateScheme,
+    StaticScheme,
+)
 
 # transformers renamed the cache argument and output field from `past_key_values` to `cache` (5.2x)
 _CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
@@ -64,6 +77,8 @@ def build_scheme(config: MeshLMConfig) -> StateScheme:
         "static": lambda: StaticScheme(loops),
         "dynamic": lambda: DynamicScheme(loops, config.hidden_size),
         "mesh": lambda: MeshScheme(config),
+        "linear": lambda: LinearScheme(config.hidden_size),
+        "diagonal": lambda: DiagonalScheme(config.hidden_size),
     }
     return builders[kind]()
 
@@ -150,6 +165,27 @@ def _cache_extent(cache: Cache | None, q_len: int) -> tuple[int | torch.Tensor, 
     return cache.get_seq_length(), cache.get_mask_sizes(q_len, 0)[0]
 
 
+def _check_cache_depth(cache: Cache | None, depth: int) -> None:
+    """MeshLMError if a fixed-size cache was built for another unrolled depth than this forward's."""
+    if cache is None or getattr(cache, "layer_class_to_replicate", None) is not None:
+        return  # no cache, or one that grows a slot per layer it sees
+    layers = getattr(cache, "layers", None)
+    if layers is not None and len(layers) != depth:
+        raise MeshLMError(
+            f"the cache has {len(layers)} layer slots but this forward pass runs {depth} unrolled layers; build "
+            "the cache for the same num_loops (generate(..., num_loops=k) does)"
+        )
+
+
+def _frozen_loops(loops: int, backprop_loops: int | None) -> int:
+    """How many leading loop iterations run without gradient when only the last ``backprop_loops`` get one."""
+    if backprop_loops is None:
+        return 0
+    if not isinstance(backprop_loops, int) or backprop_loops < 1:
+        raise MeshLMError(f"backprop_loops must be an integer >= 1, got {backprop_loops!r}")
+    return max(0, loops - backprop_loops)
+
+
 def _padding_mask(attention_mask: torch.Tensor, kv_len: int) -> torch.Tensor:
     """The 2D padding mask (1 = real token) over key positions 0..kv_len-1; positions past its end count as empty."""
     if attention_mask.ndim != 2 or attention_mask.shape[-1] > kv_len:
@@ -224,8 +260,14 @@ class MeshLMModel(MeshLMPreTrainedModel):
         past_key_values: Cache | None = None,
         record: dict | None = None,
         split: Layout | None = None,
+        num_loops: int | None = None,
+        backprop_loops: int | None = None,
     ) -> torch.Tensor:
         """Final hidden states (batch, seq, D).
+
+        ``num_loops`` runs the shared core that many times (default: the layout's K); steps past K use
+        the last step's scheme parameters. ``backprop_loops`` keeps gradient only through the last N
+        loop iterations (the earlier ones run under ``no_grad``).
 
         ``record``, if given, receives the states ``emb``, ``h0``..``hK``, ``core_out1``..``core_outK``
         (raw core outputs) and ``out`` (before the final norm), plus the scheme's internals.
@@ -250,7 +292,11 @@ class MeshLMModel(MeshLMPreTrainedModel):
         if split is not None:
             self._check_split(split)
         layout = split or self.config.parsed_layout
+        if num_loops is not None:
+            layout = layout.with_loops(num_loops)
+        _check_cache_depth(past_key_values, layout.unrolled_layers)
         prelude, loops, coda = layout.schedule()
+        frozen = _frozen_loops(len(loops), backprop_loops)
         slot = 0
         recompute = self.gradient_checkpointing and self.training and past_key_values is None
 
@@ -271,8 +317,9 @@ class MeshLMModel(MeshLMPreTrainedModel):
         if record is not None:
             record.update(emb=h_emb, h0=h)
         for t, core in enumerate(loops):
-            h_core = run(h, core)
-            h, carry = scheme.step(t, h, h_core, carry, record)
+            with torch.no_grad() if t < frozen else contextlib.nullcontext():
+                h_core = run(scheme.enter(t, h, carry), core)
+                h, carry = scheme.step(t, h, h_core, carry, record)
             if record is not None:
                 record[f"core_out{t + 1}"] = h_core
                 record[f"h{t + 1}"] = h
@@ -309,11 +356,28 @@ class MeshLMForCausalLM(MeshLMPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.lm_head = value
 
-    def _new_cache(self) -> Cache:
+    def _new_cache(self, num_loops: int | None = None) -> Cache:
+        """A dynamic cache with one slot per unrolled layer at ``num_loops`` (default: the layout's K)."""
+        with self._cache_depth(num_loops):
+            try:
+                return DynamicCache(config=self.config)
+            except TypeError:  # pragma: no cover - transformers without config-aware caches
+                return DynamicCache()
+
+    @contextlib.contextmanager
+    def _cache_depth(self, num_loops: int | None):
+        """``config.num_hidden_layers`` (what caches read for their slot count) at ``num_loops``, for a moment."""
+        own = self.config.num_hidden_layers
+        self.config.num_hidden_layers = self.config.unrolled_layers_at(num_loops)
         try:
-            return DynamicCache(config=self.config)
-        except TypeError:  # pragma: no cover - transformers without config-aware caches
-            return DynamicCache()
+            yield
+        finally:
+            self.config.num_hidden_layers = own
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs: dict, *args, **kwargs):
+        """transformers' cache setup for ``generate``, sized for the ``num_loops`` passed to ``generate``."""
+        with self._cache_depth(model_kwargs.get("num_loops")):
+            return super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
 
     def create_masks_for_generate(
         self,
@@ -347,6 +411,8 @@ class MeshLMForCausalLM(MeshLMPreTrainedModel, GenerationMixin):
         logits_to_keep: int = 0,
         cache: Cache | None = None,
         targets: torch.LongTensor | None = None,
+        num_loops: int | None = None,
+        backprop_loops: int | None = None,
         record: dict | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
@@ -357,15 +423,25 @@ class MeshLMForCausalLM(MeshLMPreTrainedModel, GenerationMixin):
         them), so every position is scored; with ``targets`` the loss comes from the fused
         head + cross-entropy (:mod:`meshlm.model.loss`) and ``logits`` is None. ``cache`` is the
         newer transformers name of ``past_key_values``; either works. ``record`` is the backbone's
-        (:meth:`MeshLMModel.forward`): states and scheme internals of this pass.
+        (:meth:`MeshLMModel.forward`): states and scheme internals of this pass. So are ``num_loops``
+        and ``backprop_loops`` (``generate(..., num_loops=k)`` passes ``num_loops`` on every step and
+        sizes its cache for that depth).
         """
         past_key_values = cache if cache is not None else past_key_values
         use_cache = self.config.use_cache if use_cache is None else use_cache
         if use_cache and past_key_values is None and not self.training:
-            past_key_values = self._new_cache()
+            past_key_values = self._new_cache(num_loops)
         if not use_cache:
             past_key_values = None
-        h = self.model(input_ids, attention_mask, position_ids, past_key_values, record)
+        h = self.model(
+            input_ids,
+            attention_mask,
+            position_ids,
+            past_key_values,
+            record,
+            num_loops=num_loops,
+            backprop_loops=backprop_loops,
+        )
         if targets is not None and labels is None:
             # training path: the loss without materialising (tokens x vocab) logits for backward
             loss = linear_cross_entropy(h, self.lm_head.weight, targets)

@@ -10,7 +10,8 @@ softmax over slots, applied per token to the state entering the step:
 
 Step 0 is the transitional cycle: it writes the prelude output and reads h(0). Step t+1 runs
 after core iteration t: it writes h_m(t) = f_core(h(t)) and reads h(t+1); its routers see h(t).
-So K loops use K + 1 write and K + 1 read routers.
+So K loops use K + 1 write and K + 1 read routers. Run with more loops than K (``num_loops``), the
+steps past K reuse step K's routers and the buffer keeps its B slots (every step adds to them).
 
 The buffer is never materialised. Every slot is a weighted sum of h_emb and the states written
 so far, m_b = [b = 0] h_emb + sum_{j <= s} w_write_b(j) x(j), so the read is
@@ -31,7 +32,7 @@ from torch.nn import functional as F
 
 from meshlm.config import MeshLMConfig
 from meshlm.model.router_stats import RouterStatistics
-from meshlm.model.schemes import StateScheme
+from meshlm.model.schemes import StateScheme, at_step
 
 
 class Router(nn.Linear):
@@ -77,7 +78,7 @@ class MeshScheme(StateScheme):
 
         Both routers run as one ``Linear(D -> 2B)`` so ``h`` is read once per step.
         """
-        write, read = self.write[step], self.read[step]
+        write, read = at_step(self.write, step), at_step(self.read, step)
         logits = F.linear(h, torch.cat((write.weight, read.weight)), torch.cat((write.bias, read.bias)))
         weights = torch.softmax(logits.float().unflatten(-1, (2, self.slots)), dim=-1).to(h.dtype)
         return weights[..., 0, :], weights[..., 1, :]

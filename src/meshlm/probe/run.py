@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM
 
 from meshlm.accounting import count
-from meshlm.config import Layout, MeshLMConfig, parse_layout
+from meshlm.config import INPUT_SCHEMES, Layout, MeshLMConfig, parse_layout
 from meshlm.data.shards import TokenShards, eval_batches, load_tokens
 from meshlm.data.tokenizers import Tokenizer, load_tokenizer
 from meshlm.errors import MeshLMError
@@ -103,18 +103,19 @@ def probe_model(
 ) -> dict[str, Any]:
     """Diagnostics over ``batches`` of token ids (each (batch, seq)); the accumulator result plus ``model``/``probe``.
 
-    ``core_outputs`` (default: when the scheme combines states, i.e. any recursive scheme but
-    ``base``) adds the raw core outputs h_m(t) to CKA/spectra and the core's own update
-    magnitude. ``device`` moves the model there (default: where it is); ``precision`` ``bf16``
-    autocasts on CUDA, ``fp32`` never does (CPU always runs fp32). ``total`` is the number of
-    samples, for the progress bar only. The model is put in eval mode.
+    ``core_outputs`` (default: when the scheme combines states after the core, i.e. any recursive
+    scheme but ``base`` and the input-injection ones, whose h(t+1) is the core output itself) adds
+    the raw core outputs h_m(t) to CKA/spectra and the core's own update magnitude. ``device``
+    moves the model there (default: where it is); ``precision`` ``bf16`` autocasts on CUDA, ``fp32``
+    never does (CPU always runs fp32). ``total`` is the number of samples, for the progress bar only.
+    The model is put in eval mode.
     """
     if precision not in PRECISIONS:
         raise MeshLMError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}.")
     config = backbone_of(model).config
     layout = probe_layout(config.parsed_layout, split)
     if core_outputs is None:
-        core_outputs = config.scheme_kind != "base" and not config.parsed_layout.is_vanilla
+        core_outputs = config.scheme_kind not in ("base", *INPUT_SCHEMES) and not config.parsed_layout.is_vanilla
     target = _device(device, model)
     model.to(target).eval()
     accumulator = ProbeAccumulator(kernel=kernel, sigma_frac=sigma_frac, linear_cka=linear_cka, spectrum_k=spectrum_k)

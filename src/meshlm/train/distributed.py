@@ -112,8 +112,12 @@ def _layers_run_once(layout) -> list[int]:
     return [i for i, n in sorted(uses.items()) if n == 1]
 
 
-def wrap_model(model: nn.Module, dist: Dist, compile: bool = False) -> nn.Module:
-    """Compile (in place, so state-dict keys keep their names), then shard (FSDP2) or replicate (DDP)."""
+def wrap_model(model: nn.Module, dist: Dist, compile: bool = False, find_unused_parameters: bool = False) -> nn.Module:
+    """Compile (in place, so state-dict keys keep their names), then shard (FSDP2) or replicate (DDP).
+
+    ``find_unused_parameters`` is for steps that leave some parameters out (random depth, truncated
+    backprop): DDP then looks for them after every backward instead of failing on the next step.
+    """
     if compile:
         model.compile()
     if dist.world == 1:
@@ -127,4 +131,5 @@ def wrap_model(model: nn.Module, dist: Dist, compile: bool = False) -> nn.Module
         return model
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None)
+    device_ids = [dist.local_rank] if dist.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=find_unused_parameters)

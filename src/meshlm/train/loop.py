@@ -16,6 +16,7 @@ import dataclasses
 import math
 import shutil
 import signal
+import statistics
 import sys
 import time
 import typing
@@ -26,13 +27,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from meshlm.accounting import count
+from meshlm.accounting import count, expected_flops_per_token
 from meshlm.config import MeshLMConfig
 from meshlm.errors import MeshLMError
 from meshlm.model import MeshLMForCausalLM
 from meshlm.model.schemes import SchemeStatistics
 from meshlm.train import checkpoint as ckpt
 from meshlm.train import resume
+from meshlm.train.depth import LoopSchedule
 from meshlm.train.distributed import Dist, setup_distributed, wrap_model
 from meshlm.train.hardware import cpu_threads, measure_bf16_peak
 from meshlm.train.logging import RunLogger, quiet_transformers
@@ -46,6 +48,8 @@ MODEL_FIELDS = (
     "router_init",
     "router_init_bias",
     "mesh_transition_input",
+    "linear_init",
+    "diagonal_decay_init",
     "hidden_size",
     "num_attention_heads",
     "intermediate_size",
@@ -70,6 +74,8 @@ class TrainConfig:
     router_init: str | None = None
     router_init_bias: float | None = None
     mesh_transition_input: str | None = None
+    linear_init: str | None = None
+    diagonal_decay_init: float | None = None
     hidden_size: int | None = None
     num_attention_heads: int | None = None
     intermediate_size: int | None = None
@@ -77,6 +83,8 @@ class TrainConfig:
     scale_embeddings: bool | None = None
     rotary_pct: float | None = None
     initializer_range: float | None = None
+    train_loops: str = "fixed"
+    backprop_loops: int | None = None
     seq_len: int = 256
     batch_tokens: int = 8192
     micro_batch: int | None = None
@@ -378,6 +386,9 @@ def train(cfg: TrainConfig) -> dict:
         for leftover in ckpt.remove_temp_folders(checkpoints) + ckpt.remove_temp_folders(out):
             note(f"removed {leftover}, left by a save that was killed")
     start_step, tokens_seen, window = 0, 0, {"loss_sum": 0.0, "since": 0}
+    schedule = LoopSchedule.parse(cfg.train_loops, model_cfg.parsed_layout)
+    if cfg.backprop_loops is not None and cfg.backprop_loops < 1:
+        raise MeshLMError(f"--backprop-loops must be >= 1, got {cfg.backprop_loops}")
     model = MeshLMForCausalLM(model_cfg)
     opt_state = rng = None
     resumed_from = ckpt.newest_intact(checkpoints, note) if cfg.resume else None
@@ -392,13 +403,17 @@ def train(cfg: TrainConfig) -> dict:
         start_step, tokens_seen, window = state["step"], state["tokens_seen"], state["window"]
     model.to(device)
     model.set_activation_checkpointing(cfg.activation_checkpointing)
-    wrapped = wrap_model(model, dist, compile=cfg.compile)
+    # a step of fewer loops than K leaves later steps' routers/gates unused (and truncation the prelude of base)
+    varying = schedule.is_random or cfg.backprop_loops is not None
+    wrapped = wrap_model(model, dist, compile=cfg.compile, find_unused_parameters=varying)
     optimizer = build_optimizer(wrapped, cfg.lr, cfg.weight_decay)
     if opt_state is not None:
         dist.load_optimizer_state(wrapped, optimizer, opt_state)
         ckpt.set_rng_state(rng)
 
     counts = count(model_cfg, cfg.seq_len)
+    # MFU and the run's FLOPs use the expected cost of a step under random depth / truncated backprop
+    flops_per_token = expected_flops_per_token(model_cfg, cfg.seq_len, schedule.distribution(), cfg.backprop_loops)
     peak = measure_bf16_peak(device) if dist.is_main else 0.0
     use_bf16 = device.type == "cuda"
 
@@ -409,6 +424,12 @@ def train(cfg: TrainConfig) -> dict:
         "model": model_cfg.to_diff_dict(),
         "train": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "extra"},
         "params": counts.as_dict(),
+        "depth": {
+            "train_loops": str(schedule),
+            "expected_loops": schedule.mean,
+            "backprop_loops": cfg.backprop_loops,
+            "expected_flops_per_token": flops_per_token,
+        },
         "tokenizer": tokenizer.name,
         "data": {"train_tokens": len(sampler.tokens), "val_tokens": len(val_tokens)},
         "world_size": dist.world,
@@ -450,11 +471,14 @@ def train(cfg: TrainConfig) -> dict:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             batches = sampler.batches_for_step(step)
+            loops = schedule.loops_at(cfg.seed, step)
+            depth = {"num_loops": loops or None, "backprop_loops": cfg.backprop_loops}
             for i, (x, y) in enumerate(batches):
                 sync = dist.no_sync(wrapped) if i < len(batches) - 1 else nullcontext()
                 with sync:  # around backward too: FSDP2 reads the no-sync flag there (DDP in forward)
                     with autocast():
-                        loss = wrapped(x.to(device, non_blocking=True), targets=y.to(device, non_blocking=True)).loss
+                        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                        loss = wrapped(x, targets=y, **depth).loss
                     (loss / accum).backward()
                 loss_sum += loss.detach() / accum
             grad_norm = torch.nn.utils.clip_grad_norm_(wrapped.parameters(), cfg.grad_clip)
@@ -480,11 +504,12 @@ def train(cfg: TrainConfig) -> dict:
                 norm = grad_norm.item()
                 health.check(last_loss, norm, done, params=wrapped.parameters() if save_now else None)
             if log_now or eval_now:
+                window_start = logger.last_logged_step
                 loss_sum.zero_()
                 window = {"loss_sum": 0.0, "since": done}
                 elapsed = time.perf_counter() - t_last
                 tok_s = (tokens_seen - tokens_last) / max(elapsed, 1e-9)
-                mfu = tok_s * counts.flops_per_token / peak if peak else None
+                mfu = tok_s * flops_per_token / peak if peak else None
                 record = {
                     "step": done,
                     "loss": last_loss,
@@ -494,6 +519,8 @@ def train(cfg: TrainConfig) -> dict:
                     "tokens_per_s": tok_s,
                     "mfu": mfu,
                     "epoch": sampler.epoch_of(step),
+                    # a pure function of (seed, step), so the window's mean needs no state across a resume
+                    "loops": statistics.fmean(schedule.loops_at(cfg.seed, s) for s in range(window_start, done)),
                 }
                 if device.type == "cuda":  # what a run of this shape needs (compare --parallel, bench/)
                     record["max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30

@@ -143,7 +143,7 @@ def add_subcommand(subparsers) -> None:
         "--eval-loops",
         metavar="K1,K2,...",
         help="also evaluate every recursive run with its shared core looped K1, K2, ... times "
-        "(loss per loop count in the report), e.g. 1,2,3,4,5,6,7,8",
+        "(loss per loop count in the report), e.g. 1,2,3,4,5,6,7,8 (default: none)",
     )
     parser.set_defaults(func=_run_compare)
     scaling = subparsers.add_parser(

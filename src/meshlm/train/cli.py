@@ -60,9 +60,13 @@ HELP = {
     "cache_dir": "where tokenizers and tokenized sources are cached (default: $MESHLM_CACHE or ~/.cache/meshlm)",
     "progress": "a progress bar; --no-progress prints a plain line every --log-every steps instead",
     "tensorboard": "write TensorBoard events to OUT/tb (needs meshlm[tensorboard])",
+    "linear_init": "linear scheme's adapter init: identity (starts as base recursion) or random (Huginn's) "
+    "(default: identity)",
+    "diagonal_decay_init": "diagonal scheme's initial per-channel decay a, in (0, 1) (default: 0.5)",
     "train_loops": "loop count per optimizer step: fixed (the layout's K), uniform:MIN-MAX or poisson:MEAN, "
     "drawn from (seed, step) so every rank and a resumed run agree",
-    "backprop_loops": "backpropagate through the last N loop iterations only; earlier ones run under no_grad",
+    "backprop_loops": "backpropagate through the last N loop iterations only; earlier ones run under no_grad "
+    "(default: all of them)",
     "activation_checkpointing": "none, full (recompute every unrolled layer in backward) or selective (every other)",
 }
 

@@ -141,7 +141,7 @@ def train_argv(corpus, out, **overrides) -> list[str]:
 
 def test_no_progress_prints_plain_lines_and_where_the_model_went(corpus, tmp_path, capsys, monkeypatch):
     # wrap_model without the compile itself (a minute on CPU): the run still says it compiles
-    monkeypatch.setattr(loop, "wrap_model", lambda model, dist, compile=False: model)
+    monkeypatch.setattr(loop, "wrap_model", lambda model, dist, compile=False, **_: model)
     out = tmp_path / "run"
     assert main([*train_argv(corpus, out, log_every=2, max_steps=6), "--compile"]) == 0
     captured = capsys.readouterr()

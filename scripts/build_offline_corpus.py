@@ -142,7 +142,6 @@ GCC_EXTENSIONS = (
     ".d", ".di", ".f90", ".texi", ".py", ".awk", ".sh",
 )  # fmt: skip
 HTML = _has_ext(".html")
-DOC = "/usr/share/doc"
 RUST = "usr/src/rustc-1.63.0"
 
 # Order = dedup priority: a document or paragraph is kept where it first occurs.

@@ -20,6 +20,8 @@ PLANNED = {
             "flops_per_token": 1e5,
             "total_flops": 1e9,
             "unrolled_layers": 4,
+            "train_loops": "fixed",
+            "backprop_loops": None,
         }
         for v in VARIANTS
     },

@@ -198,3 +198,17 @@ def test_sweep_evaluates_every_loop_count_and_reports_the_curve(sweep):
     cached = json.loads((sweep.run_dir(Variant.parse("mesh"), 0) / "eval_loops.json").read_text())
     assert sorted(cached) == ["1", "2", "3", "4"]
     assert list(json.loads((sweep.out / "report.json").read_text())["loops_curve"]["mesh"]["held-out"]) == ["3"]
+
+
+def test_a_signal_that_stops_one_run_stops_the_whole_sweep(sweep, monkeypatch):
+    """Ctrl-C / SIGTERM during a sequential sweep: the interrupted run's checkpoint stays, no later run starts."""
+    started = []
+
+    def interrupted(cfg):
+        started.append(cfg.out)
+        return {"interrupted_by_signal": 15}
+
+    monkeypatch.setattr(loop, "train", interrupted)  # run_sweep imports it from the loop when it runs
+    with pytest.raises(MeshLMError, match=r"4 run\(s\) stopped before the end"):
+        run_sweep(sweep)
+    assert started == [str(sweep.run_dir(sweep.variants[0], 0))]

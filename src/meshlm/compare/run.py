@@ -153,7 +153,8 @@ def run_sweep(sweep: Sweep) -> dict:
     else:
         for variant, seed in pending:
             log(f"[train] {variant.name} seed {seed} -> {sweep.run_dir(variant, seed)}")
-            train(sweep.run_config(variant, seed))
+            if train(sweep.run_config(variant, seed)).get("interrupted_by_signal"):
+                break  # Ctrl-C / SIGTERM stops the sweep, not just this run; the unfinished check below says so
     unfinished = [
         str(sweep.run_dir(v, s))
         for s in sweep.seeds

@@ -338,7 +338,7 @@ def load_run_data(cfg: TrainConfig):
 def check_token_ids(shards, vocab_size: int, source: str) -> None:
     """MeshLMError if a split holds an id outside the vocabulary (one vectorised pass per split, at start)."""
     for split in shards.splits:
-        parts = [part for part in shards.split(split).parts if len(part)]
+        parts = shards.split(split).parts  # TokenView keeps no empty part
         if parts and (top := max(int(part.max()) for part in parts)) >= vocab_size:
             raise MeshLMError(
                 f"{source}: the {split} split holds token id {top}, outside the tokenizer's {vocab_size} ids; "

@@ -98,6 +98,34 @@ def test_resume_after_signal_gives_bitwise_equal_losses(corpus, tmp_path, monkey
     assert losses(interrupted) == losses(straight)
 
 
+def test_a_signal_during_evaluation_still_leaves_a_checkpoint(corpus, tmp_path, monkeypatch):
+    """SIGTERM landing inside step 4's eval (as `timeout` does to a sweep): the run saves and resumes exactly.
+
+    It used to print "checkpoint saved" and exit without saving: the save decision was taken before
+    the eval and the stop check after it.
+    """
+    straight = tmp_path / "straight"
+    train(tiny(corpus, straight, max_steps=10, eval_every=2))
+    interrupted = tmp_path / "interrupted"
+    original = loop.evaluate
+    calls = []
+
+    def evaluate_then_sigterm(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # the eval of step 4
+            signal.raise_signal(signal.SIGTERM)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "evaluate", evaluate_then_sigterm)
+    summary = train(tiny(corpus, interrupted, max_steps=10, eval_every=2))
+    assert summary["interrupted_by_signal"] == signal.SIGTERM and summary["steps"] == 5
+    assert [p.name for p in ckpt.list_checkpoints(interrupted / "checkpoints")] == ["step-00000005"]
+    monkeypatch.setattr(loop, "evaluate", original)
+    resumed = train(tiny(corpus, interrupted, max_steps=10, eval_every=2, resume=True))
+    assert resumed["resumed_from"].endswith("step-00000005")
+    assert losses(interrupted) == losses(straight)
+
+
 def test_crash_mid_save_keeps_previous_checkpoint(corpus, tmp_path, monkeypatch):
     out = tmp_path / "run"
     train(tiny(corpus, out, max_steps=6, save_every=2, stop_after=4))

@@ -495,7 +495,9 @@ def train(cfg: TrainConfig) -> dict:
             log_now = done % cfg.log_every == 0 or is_last
             eval_now = bool(val) and ((cfg.eval_every and done % cfg.eval_every == 0) or is_last)
             pause = cfg.stop_after is not None and done == cfg.stop_after and not is_last
-            save_now = (cfg.save_every and done % cfg.save_every == 0) or is_last or pause or stop.hit is not None
+            # read the flag once: a signal that lands during this step's eval stops after the next step's save
+            stopping = stop.hit is not None
+            save_now = (cfg.save_every and done % cfg.save_every == 0) or is_last or pause or stopping
             if log_now or eval_now or save_now:
                 window_sum = loss_sum.clone()
                 dist.all_reduce(window_sum, average=True)
@@ -533,8 +535,8 @@ def train(cfg: TrainConfig) -> dict:
                 t_last, tokens_last = time.perf_counter(), tokens_seen
             if save_now:
                 save(done)
-            if stop.hit is not None or pause:
-                why = f"signal {stop.hit}" if stop.hit is not None else "--stop-after"
+            if stopping or pause:
+                why = f"signal {stop.hit}" if stopping else "--stop-after"
                 logger.message(f"stopped by {why} after step {done}; checkpoint saved, continue with --resume")
                 break
     summary = {**logger.finish(done, tokens_seen, resumed_from), "interrupted_by_signal": stop.hit}

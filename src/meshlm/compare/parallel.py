@@ -31,15 +31,23 @@ GIB = 2**30
 # per process on top of the measured peak: CUDA context, allocator slack, compile workspace (an estimate)
 PROCESS_OVERHEAD = int(1.5 * GIB)
 ALLOCATOR_SLACK = 1.25
+# torch.compile's peak over the eager peak that is measured here: d=256 runs measured 10.3 GiB eager,
+# 16.0 GiB allocated once compiled, and up to 34.5 GiB per process while 8 compiled at once
+# (docs/results/scaling-31m/parallel8-oom.log); compiling in the parent to measure it would cost a minute
+COMPILE_PEAK_FACTOR = 3.4
 POLL_SECONDS = 0.2
 
 
-def runs_that_fit(requested: int, free: int, per_run: int, eval_reserve: int) -> tuple[int, str]:
-    """How many runs of ``per_run`` bytes fit in ``free`` bytes next to the evaluation, and why."""
-    need = int(per_run * ALLOCATOR_SLACK) + PROCESS_OVERHEAD
+def runs_that_fit(
+    requested: int, free: int, per_run: int, eval_reserve: int, compiled: bool = False
+) -> tuple[int, str]:
+    """How many runs of ``per_run`` bytes (eager peak) fit in ``free`` bytes next to the evaluation, and why."""
+    factor = COMPILE_PEAK_FACTOR if compiled else 1.0
+    need = int(per_run * factor * ALLOCATOR_SLACK) + PROCESS_OVERHEAD
     fits = max(1, int((free - eval_reserve) // need))
+    peak = f"measured peak {per_run / GIB:.1f} GiB" + (f" x {factor} for torch.compile" if compiled else "")
     text = (
-        f"each run needs about {need / GIB:.1f} GiB (measured peak {per_run / GIB:.1f} GiB x {ALLOCATOR_SLACK} "
+        f"each run needs about {need / GIB:.1f} GiB ({peak} x {ALLOCATOR_SLACK} "
         f"+ {PROCESS_OVERHEAD / GIB:.1f} GiB per process), evaluation {eval_reserve / GIB:.1f} GiB, "
         f"{free / GIB:.1f} GiB free"
     )
@@ -95,7 +103,9 @@ def fit_parallel(sweep: Sweep, pending: list[tuple[Variant, int]], vocab_size: i
     variants = {v.name: v for v, _ in pending}.values()
     peaks = [_measure(sweep.run_config(v, pending[0][1]), vocab_size, device) for v in variants]
     free, _ = torch.cuda.mem_get_info(device)
-    n, message = runs_that_fit(requested, free, max(p[0] for p in peaks), max(p[1] for p in peaks))
+    n, message = runs_that_fit(
+        requested, free, max(p[0] for p in peaks), max(p[1] for p in peaks), compiled=sweep.train.compile
+    )
     log(message)
     return n
 

@@ -3,7 +3,9 @@
 Every row runs real ``meshlm train`` processes (the ones ``meshlm compare --parallel N`` starts,
 same configs) for ``--steps`` steps and reads their ``log.jsonl``: steady tokens/s is the median
 over the log windows after the first two (compile and warm-up), aggregate tokens/s the sum over
-the runs that ran at once, end-to-end tokens/s all tokens over the row's wall time (start-up and
+the runs that ran at once, measured over the window in which all of them were past their warm-up and
+still training (``time`` of the log records; a row whose runs never overlapped reports none and asks
+for more ``--steps``), end-to-end tokens/s all tokens over the row's wall time (start-up and
 compilation included), peak memory the largest ``max_memory_gib`` a run logged. The N-run rows
 cycle through ``--variants`` like a sweep does; the single-run rows train ``--single`` (default
 mesh, the most expensive). Data: a shard folder (``--data``) or ``--random-tokens N`` uniform token
@@ -52,6 +54,27 @@ def random_shards(work: Path, n_tokens: int) -> Path:
     return prepare_shards(str(corpus), tokenizer, work / "shards", val_fraction=0.01)
 
 
+def shared_window_rate(logs: list[list[dict]], skip: int = 2) -> tuple[float | None, float]:
+    """Tokens/s of runs side by side, summed over the time all of them were steady: (rate, window seconds).
+
+    Each log's first ``skip`` records (compilation, warm-up) are left out; a run's tokens at the
+    window's ends are interpolated between its records. Summing each run's own steady rate instead
+    overcounts when the runs' steady windows do not overlap (staggered compilation). ``None`` when
+    they do not overlap at all.
+    """
+    steady = [records[skip:] if len(records) > skip + 1 else records for records in logs]
+    start = max(r[0]["time"] for r in steady)
+    end = min(r[-1]["time"] for r in steady)
+    if end <= start:
+        return None, 0.0
+    gained = 0.0
+    for records in steady:
+        times = [r["time"] for r in records]
+        tokens = [r["tokens"] for r in records]
+        gained += float(np.interp(end, times, tokens) - np.interp(start, times, tokens))
+    return gained / (end - start), end - start
+
+
 def run_group(configs: list[TrainConfig]) -> dict:
     """Start every config at once, wait for all, and read each run's log."""
     start = time.perf_counter()
@@ -59,12 +82,13 @@ def run_group(configs: list[TrainConfig]) -> dict:
     for proc, _ in procs:
         proc.wait()
     wall = time.perf_counter() - start
-    runs = []
+    runs, logs = [], []
     for (proc, log_path), cfg in zip(procs, configs, strict=True):
         if proc.returncode != 0:
             runs.append({"run": cfg.out, "error": error_line(log_path)})
             continue
         records = [json.loads(x) for x in (Path(cfg.out) / "log.jsonl").read_text().splitlines()]
+        logs.append(records)
         steady = [r["tokens_per_s"] for r in records[2:]] or [records[-1]["tokens_per_s"]]
         runs.append(
             {
@@ -77,10 +101,12 @@ def run_group(configs: list[TrainConfig]) -> dict:
             }
         )
     ok = [r for r in runs if "error" not in r]
+    aggregate, window = shared_window_rate(logs) if logs else (None, 0.0)
     return {
         "runs": runs,
         "failed": len(runs) - len(ok),
-        "aggregate_tokens_per_s": sum(r["steady_tokens_per_s"] for r in ok),
+        "aggregate_tokens_per_s": aggregate,
+        "shared_window_s": window,
         "end_to_end_tokens_per_s": sum(r["tokens"] for r in ok) / wall,
         "wall_s": wall,
         "peak_mem_gib_per_process": max((r["peak_mem_gib"] for r in ok if r["peak_mem_gib"] is not None), default=None),
@@ -166,10 +192,9 @@ def main() -> None:
     for r in rows:
         per_run = ", ".join(f"{x['steady_tokens_per_s']:,.0f}" if "error" not in x else "failed" for x in r["runs"])
         peak = "-" if r["peak_mem_gib_per_process"] is None else f"{r['peak_mem_gib_per_process']:.1f}"
-        print(
-            f"| {r['row']} | {r['n']} | {per_run} | {r['aggregate_tokens_per_s']:,.0f} | "
-            f"{r['end_to_end_tokens_per_s']:,.0f} | {peak} |"
-        )
+        agg = r["aggregate_tokens_per_s"]
+        agg = "no overlap: more --steps" if agg is None else f"{agg:,.0f} ({r['shared_window_s']:.0f} s shared)"
+        print(f"| {r['row']} | {r['n']} | {per_run} | {agg} | {r['end_to_end_tokens_per_s']:,.0f} | {peak} |")
     for r in rows:
         for x in r["runs"]:
             if "error" in x:

@@ -73,7 +73,8 @@ def test_tiny_run_learns_and_writes_a_loadable_model(corpus, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(out / "model")
     assert model.config.scheme == "mesh" and model.config.layout == "1+1R2+1"
     records = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
-    assert {"loss", "lr", "grad_norm", "tokens", "tokens_per_s", "mfu"} <= set(records[0])
+    assert {"loss", "lr", "grad_norm", "tokens", "tokens_per_s", "mfu", "time"} <= set(records[0])
+    assert all(a["time"] <= b["time"] for a, b in itertools.pairwise(records))
     assert records[-1]["tokens"] == 30 * 256
 
 

@@ -520,6 +520,7 @@ def train(cfg: TrainConfig) -> dict:
                     "tokens": tokens_seen,
                     "tokens_per_s": tok_s,
                     "mfu": mfu,
+                    "time": time.time(),  # wall clock, so runs side by side can be put on one time axis
                     "epoch": sampler.epoch_of(step),
                     # a pure function of (seed, step), so the window's mean needs no state across a resume
                     "loops": statistics.fmean(schedule.loops_at(cfg.seed, s) for s in range(window_start, done)),

@@ -175,13 +175,14 @@ def test_plan_matches_compute_on_expected_flops_of_random_depth(sweep):
             plan(sweep)
 
 
-def test_sweep_evaluates_every_loop_count_and_reports_the_curve(sweep):
+def test_sweep_evaluates_every_loop_count_and_reports_the_curve(sweep, capfd):
     sweep.variants = [Variant.parse(v) for v in ("base", "mesh", "linear")]
     sweep.train.train_loops = "uniform:1-3"
     sweep.train.max_steps = 3
     sweep.probe_samples = 0
     sweep.eval_loops = [1, 2, 4]
     run_sweep(sweep)
+    assert "Loading weights" not in capfd.readouterr().err  # transformers' bars stay quiet
     data = json.loads((sweep.out / "report.json").read_text())
     curve = data["loops_curve"]
     assert set(curve) == {"base", "mesh", "linear"}

@@ -70,7 +70,8 @@ def evaluate_loops(sweep: Sweep, run_dir: Path, eval_sets: dict) -> dict[str, di
         return {}
     cached = run_dir / "eval_loops.json"
     done = json.loads(cached.read_text()) if cached.exists() else {}
-    model = AutoModelForCausalLM.from_pretrained(run_dir / "model")
+    with quiet_transformers():
+        model = AutoModelForCausalLM.from_pretrained(run_dir / "model")
     if not model.config.parsed_layout.shared:
         return {}
     device = sweep.train.device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -18,7 +18,7 @@ from meshlm.errors import MeshLMError
 from meshlm.train import checkpoint as ckpt
 from meshlm.train import loop
 from meshlm.train.loop import TrainConfig, train
-from meshlm.train.optim import lr_at, param_groups
+from meshlm.train.optim import build_optimizer, lr_at, param_groups
 
 
 def losses(out):
@@ -62,6 +62,38 @@ def test_weight_decay_only_on_matrices(scheme, decayed_scheme_params, plain_sche
     assert sorted(names[id(p)] for p in decay["params"] + no_decay["params"]) == sorted(everything)
     assert {f"model.scheme.{n}" for n in plain_scheme_params} <= {names[id(p)] for p in no_decay["params"]}
     assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
+
+
+@pytest.mark.parametrize("scheme", ["mesh", "linear", "dynamic"])
+def test_scheme_weight_decay_moves_exactly_the_scheme_matrices_to_their_own_decay(scheme):
+    """One AdamW step with zero gradients is pure decoupled decay: it shrinks exactly the decayed matrices."""
+    model = meshlm.MeshLMForCausalLM(
+        meshlm.MeshLMConfig(vocab_size=64, hidden_size=16, num_attention_heads=2, layout="1+1R2+1", scheme=scheme)
+    )
+    names = {id(p): n for n, p in model.named_parameters()}
+    two = param_groups(model, 0.01)
+    decay, no_decay, own = param_groups(model, 0.01, scheme_weight_decay=0.0)
+    scheme_matrices = {names[id(p)] for p in two[0]["params"] if names[id(p)].startswith("model.scheme.")}
+    assert scheme_matrices and {names[id(p)] for p in own["params"]} == scheme_matrices
+    assert {names[id(p)] for p in decay["params"]} == {names[id(p)] for p in two[0]["params"]} - scheme_matrices
+    assert [p for p in no_decay["params"]] == two[1]["params"] and own["weight_decay"] == 0.0
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = build_optimizer(model, lr=0.1, weight_decay=0.5, scheme_weight_decay=0.0)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    for n, p in model.named_parameters():
+        shrunk = n not in scheme_matrices and any(n == names[id(q)] for q in decay["params"])
+        torch.testing.assert_close(p.detach(), before[n] * (0.95 if shrunk else 1.0), rtol=0, atol=1e-7)
+
+
+def test_resume_refuses_turning_scheme_weight_decay_on(corpus, tmp_path):
+    out = tmp_path / "run"
+    train(tiny(corpus, out, max_steps=4, stop_after=2))
+    with pytest.raises(MeshLMError, match=r"trained without; turning it on or off changes the optimizer"):
+        train(tiny(corpus, out, max_steps=4, resume=True, scheme_weight_decay=0.0))
+    summary = train(tiny(corpus, out, max_steps=4, resume=True))
+    assert summary["steps"] == 4
 
 
 def test_tiny_run_learns_and_writes_a_loadable_model(corpus, tmp_path):

@@ -73,10 +73,15 @@ class HelpFormatter(argparse.HelpFormatter):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """meshlm's parsers (subcommands inherit it): :class:`HelpFormatter` unless told otherwise."""
+    """meshlm's parsers (subcommands inherit it): :class:`HelpFormatter` unless told otherwise.
+
+    Abbreviated flags are refused: with them ``--scheme`` silently meant ``--scheme-weight-decay``
+    in ``compare``, and a script's meaning would change whenever a flag is added.
+    """
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("formatter_class", HelpFormatter)
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
 

@@ -44,6 +44,8 @@ HELP = {
     "(default: run to the end)",
     "lr": "peak learning rate (linear warm-up, cosine decay)",
     "weight_decay": "AdamW weight decay of the weight matrices",
+    "scheme_weight_decay": "weight decay of the state-passing scheme's matrices (MeSH routers, linear's adapter) "
+    "instead of --weight-decay, e.g. 0 to exempt them (default: --weight-decay)",
     "warmup_frac": "share of the steps spent warming up",
     "final_lr_frac": "final learning rate as a share of the peak",
     "grad_clip": "clip the gradient norm to this",

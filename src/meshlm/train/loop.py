@@ -93,6 +93,7 @@ class TrainConfig:
     stop_after: int | None = None
     lr: float = 6e-4
     weight_decay: float = 0.01
+    scheme_weight_decay: float | None = None
     warmup_frac: float = 0.01
     final_lr_frac: float = 0.1
     grad_clip: float = 1.0
@@ -164,7 +165,9 @@ _RANGES = {
     "keep_checkpoints": (lambda v: v >= 0, "0 (keep every checkpoint) or more"),
     "seed": (lambda v: v >= 0, "a non-negative integer"),
     "lr": (lambda v: 0 < v < math.inf, "a positive finite number"),
-    "weight_decay": (lambda v: 0 <= v < math.inf, "a non-negative finite number"),
+    **dict.fromkeys(
+        ("weight_decay", "scheme_weight_decay"), (lambda v: 0 <= v < math.inf, "a non-negative finite number")
+    ),
     **dict.fromkeys(("warmup_frac", "final_lr_frac"), (lambda v: 0 <= v <= 1, "between 0 and 1")),
     "grad_clip": (lambda v: v > 0, "positive (inf turns clipping off)"),
 }
@@ -396,6 +399,7 @@ def train(cfg: TrainConfig) -> dict:
         state, opt_state, rng = ckpt.load_training_state(resumed_from, device)
         resume.check_model(MeshLMConfig.from_pretrained(resumed_from), model_cfg, resumed_from)
         resume.check_settings(state["run"]["settings"], current, resumed_from)
+        resume.check_parameter_groups(state["run"]["train"], cfg, resumed_from)
         if changed := resume.changed_update_options(state["run"]["train"], cfg):
             note(f"note: resuming with {', '.join(changed)}; the run no longer matches an uninterrupted one")
         with quiet_transformers():
@@ -406,7 +410,7 @@ def train(cfg: TrainConfig) -> dict:
     # a step of fewer loops than K leaves later steps' routers/gates unused (and truncation the prelude of base)
     varying = schedule.is_random or cfg.backprop_loops is not None
     wrapped = wrap_model(model, dist, compile=cfg.compile, find_unused_parameters=varying)
-    optimizer = build_optimizer(wrapped, cfg.lr, cfg.weight_decay)
+    optimizer = build_optimizer(wrapped, cfg.lr, cfg.weight_decay, scheme_weight_decay=cfg.scheme_weight_decay)
     if opt_state is not None:
         dist.load_optimizer_state(wrapped, optimizer, opt_state)
         ckpt.set_rng_state(rng)

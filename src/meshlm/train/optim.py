@@ -7,23 +7,45 @@ import math
 import torch
 from torch import nn
 
+from meshlm.model.schemes import StateScheme
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on the weight matrices of Linear and Embedding layers, none on biases, norms, coefficients."""
-    decay_ids = {id(m.weight) for m in model.modules() if isinstance(m, (nn.Linear, nn.Embedding))}
-    decay, no_decay = [], []
+
+def _matrices(modules) -> set[int]:
+    return {id(m.weight) for m in modules if isinstance(m, (nn.Linear, nn.Embedding))}
+
+
+def param_groups(model: nn.Module, weight_decay: float, scheme_weight_decay: float | None = None) -> list[dict]:
+    """Weight decay on the weight matrices of Linear and Embedding layers, none on biases, norms, coefficients.
+
+    With ``scheme_weight_decay``, the state-passing scheme's matrices (MeSH's routers, linear's
+    adapter) form a third group with that decay instead: an ablation of how decay shapes the
+    routers. Without it there are two groups, as in checkpoints written before the option.
+    """
+    decay_ids = _matrices(model.modules())
+    scheme_ids = set()
+    if scheme_weight_decay is not None:
+        scheme_ids = _matrices(m for s in model.modules() if isinstance(s, StateScheme) for m in s.modules())
+    decay, scheme, no_decay = [], [], []
     for p in model.parameters():
         if p.requires_grad:
-            (decay if id(p) in decay_ids else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            (scheme if id(p) in scheme_ids else decay if id(p) in decay_ids else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if scheme_weight_decay is not None:
+        groups.append({"params": scheme, "weight_decay": scheme_weight_decay})
+    return groups
 
 
 def build_optimizer(
-    model: nn.Module, lr: float, weight_decay: float = 0.01, betas: tuple[float, float] = (0.9, 0.95)
+    model: nn.Module,
+    lr: float,
+    weight_decay: float = 0.01,
+    betas: tuple[float, float] = (0.9, 0.95),
+    scheme_weight_decay: float | None = None,
 ) -> torch.optim.AdamW:
     """AdamW (beta 0.9/0.95); the fused CUDA kernel when the parameters live on a GPU."""
     fused = next(model.parameters()).is_cuda
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, fused=fused)
+    groups = param_groups(model, weight_decay, scheme_weight_decay)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused)
 
 
 def lr_at(step: int, max_steps: int, peak: float, warmup_frac: float = 0.01, final_frac: float = 0.1) -> float:

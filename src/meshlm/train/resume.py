@@ -40,7 +40,7 @@ SETTING_FLAGS = {
     "num_windows": "--data (its train tokens)",
     "max_steps": "--max-steps/--max-tokens",
 }
-UPDATE_OPTIONS = ("lr", "warmup_frac", "final_lr_frac", "weight_decay", "grad_clip")
+UPDATE_OPTIONS = ("lr", "warmup_frac", "final_lr_frac", "weight_decay", "scheme_weight_decay", "grad_clip")
 
 
 def architecture(config: MeshLMConfig) -> dict:
@@ -70,6 +70,17 @@ def check_model(saved: MeshLMConfig, current: MeshLMConfig, where: Path) -> None
             f"cannot resume {where}: it holds a different model ({saved.layout}/{saved.scheme}, "
             f"d={saved.hidden_size}) than this run asks for ({current.layout}/{current.scheme}, "
             f"d={current.hidden_size})"
+        )
+
+
+def check_parameter_groups(saved_train: dict, cfg, path: Path) -> None:
+    """Refuse turning ``scheme_weight_decay`` on or off on resume: it adds or removes an optimizer group."""
+    saved = saved_train.get("scheme_weight_decay")
+    if (saved is None) != (cfg.scheme_weight_decay is None):
+        was = "without" if saved is None else f"with --scheme-weight-decay {saved}"
+        raise MeshLMError(
+            f"checkpoint {path} was trained {was}; turning it on or off changes the optimizer's parameter "
+            "groups, so the run cannot resume (change its value instead, or start a new run)"
         )
 
 

@@ -71,20 +71,26 @@ def check_out(out: Path, force: bool, source: Path) -> None:
         raise MeshLMError(f"--out {out} already holds files; choose another folder or pass --force to replace it")
 
 
+def load_for_conversion(folder: Path, model_class, args: argparse.Namespace):
+    """``model_class`` in fp32 from ``folder``, once its config names that model type and ``--out`` may be written."""
+    expected = model_class.config_class.model_type
+    kind = model_type(folder)
+    if kind != expected:
+        raise MeshLMError(f"{folder} holds a {kind!r} model, not a {expected!r} one")
+    check_out(args.out, args.force, folder)
+    try:
+        with quiet_transformers():
+            return model_class.from_pretrained(str(folder), dtype=torch.float32)
+    except _LOAD_ERRORS as e:
+        raise MeshLMError(f"cannot load the {expected} model in {folder}: {' '.join(str(e).split())}") from None
+
+
 def run_from_neox(args: argparse.Namespace) -> int:
     """Handler of ``meshlm convert from-neox``."""
     from transformers import GPTNeoXForCausalLM
 
     folder = source_folder(args.src)
-    kind = model_type(folder)
-    if kind != "gpt_neox":
-        raise MeshLMError(f"{args.src} holds a {kind!r} model, not a GPT-NeoX one (model_type 'gpt_neox')")
-    check_out(args.out, args.force, folder)
-    try:
-        with quiet_transformers():
-            source = GPTNeoXForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
-    except _LOAD_ERRORS as e:
-        raise MeshLMError(f"cannot load the GPT-NeoX model in {folder}: {' '.join(str(e).split())}") from None
+    source = load_for_conversion(folder, GPTNeoXForCausalLM, args)
     overrides = {} if args.buffer_size is None else {"buffer_size": args.buffer_size}
     model = from_gpt_neox(source, layout=args.layout, scheme=args.scheme, core_init=args.core_init, **overrides)
     # an absolute path, which no tokenizer spec (neox, bpe:N, a hub name) can be mistaken for
@@ -107,17 +113,12 @@ def run_to_neox(args: argparse.Namespace) -> int:
     from meshlm.model import MeshLMForCausalLM
 
     folder = resolve_model_dir(args.model_dir)
-    kind = model_type(folder)
-    if kind != "meshlm":
-        raise MeshLMError(f"{folder} holds a {kind!r} model, not a meshlm one")
-    check_out(args.out, args.force, folder)
+    model = load_for_conversion(folder, MeshLMForCausalLM, args)
     try:
-        with quiet_transformers():
-            model = MeshLMForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
         has_tokenizer = any((folder / name).is_file() for name in TOKENIZER_FILES)
         tokenizer = AutoTokenizer.from_pretrained(str(folder)) if has_tokenizer else None
     except _LOAD_ERRORS as e:
-        raise MeshLMError(f"cannot load the meshlm model in {folder}: {' '.join(str(e).split())}") from None
+        raise MeshLMError(f"cannot load the tokenizer in {folder}: {' '.join(str(e).split())}") from None
     neox = to_gpt_neox(model)
     if tokenizer is None:
         print(f"note: {folder} has no tokenizer; the GPT-NeoX model is saved without one", file=sys.stderr)
@@ -169,7 +170,7 @@ def add_subcommand(subparsers) -> None:
     src.add_argument(
         "--core-init", choices=CORE_INITS, default="first", help="which source layers initialise the shared core"
     )
-    src.add_argument("--buffer-size", type=int, help="MeSH slots (default: K + 3)")
+    src.add_argument("--buffer-size", type=int, metavar="N", help="MeSH slots (default: K + 3)")
     src.add_argument("--force", action="store_true", help="replace what --out holds")
     src.set_defaults(func=run_from_neox)
 

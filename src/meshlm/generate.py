@@ -60,6 +60,11 @@ class Sampling:
         }
 
 
+def static_cache(cache: str, device: torch.device) -> bool:
+    """Whether ``--cache`` means a static KV cache on ``device`` (``auto``: on CUDA only)."""
+    return cache == "static" or (cache == "auto" and device.type == "cuda")
+
+
 def generate_ids(
     model,
     input_ids: torch.Tensor,
@@ -86,7 +91,7 @@ def generate_ids(
         )
     device = next(model.parameters()).device
     kwargs = sampling.generate_kwargs()
-    if cache == "static" or (cache == "auto" and device.type == "cuda"):
+    if static_cache(cache, device):
         kwargs["cache_implementation"] = "static"
     if num_loops is not None:
         kwargs["num_loops"] = num_loops
@@ -172,6 +177,11 @@ def run_generate(args: argparse.Namespace) -> int:
     if input_ids.shape[1] == 0:
         raise MeshLMError("the prompt encodes to no tokens; give the text to continue")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if device.type == "cuda" and static_cache(args.cache, device):
+        print(
+            "note: static KV cache on CUDA: the decode step is compiled first (--cache dynamic skips it)",
+            file=sys.stderr,
+        )
     start = time.perf_counter()
     out = generate_ids(model, input_ids, sampling, num_loops=args.num_loops, cache=args.cache, pad_token_id=pad)
     seconds = time.perf_counter() - start

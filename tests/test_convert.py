@@ -8,9 +8,9 @@ from meshlm import MeshLMError
 from meshlm.convert import from_gpt_neox, to_gpt_neox
 
 
-def random_neox(layers: int = 4, parallel: bool = True) -> GPTNeoXForCausalLM:
+def random_neox(layers: int = 4, parallel: bool = True, vocab_size: int = 120) -> GPTNeoXForCausalLM:
     cfg = GPTNeoXConfig(
-        vocab_size=120,
+        vocab_size=vocab_size,
         hidden_size=64,
         num_hidden_layers=layers,
         num_attention_heads=4,

@@ -26,6 +26,8 @@ SUBCOMMANDS = {
     "data": ("meshlm.data.cli", "tokenize a corpus into shards, describe, pack or unpack a shard folder"),
     "train": ("meshlm.train.cli", "train a model (single process, or under torchrun for DDP/FSDP)"),
     "eval": ("meshlm.eval.cli", "evaluate a model dir: perplexity, LAMBADA, LM Evaluation Harness tasks"),
+    "generate": ("meshlm.generate", "continue a prompt with a saved model (greedy or sampled)"),
+    "convert": ("meshlm.convert_cli", "convert GPT-NeoX / Pythia checkpoints to meshlm models and back"),
     "probe": ("meshlm.probe.cli", "diagnostics of recursion: update magnitude, CKA, spectra, MeSH routers (+ figures)"),
     "compare": ("meshlm.compare", "train, evaluate and probe variants at matched compute"),
     "scaling": (

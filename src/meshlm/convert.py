@@ -138,8 +138,16 @@ def from_gpt_neox(
 def to_gpt_neox(model: MeshLMForCausalLM) -> GPTNeoXForCausalLM:
     """The transformers ``GPTNeoXForCausalLM`` equal to a vanilla meshlm model without embedding scale."""
     cfg = model.config
-    if not cfg.parsed_layout.is_vanilla or cfg.scale_embeddings:
-        raise MeshLMError("only vanilla-layout models with scale_embeddings=False have a GPT-NeoX twin")
+    if not cfg.parsed_layout.is_vanilla:
+        raise MeshLMError(
+            f"layout {cfg.layout!r} is not vanilla (GPT-NeoX runs each of its layers once, with no state-passing "
+            "scheme); only vanilla-layout models have a GPT-NeoX twin"
+        )
+    if cfg.scale_embeddings:
+        raise MeshLMError(
+            "the model scales its embeddings by sqrt(hidden size) (scale_embeddings=True), which GPT-NeoX does not; "
+            "only models with scale_embeddings=False have a GPT-NeoX twin"
+        )
     neox_cfg = GPTNeoXConfig(
         vocab_size=cfg.vocab_size,
         hidden_size=cfg.hidden_size,
@@ -159,6 +167,9 @@ def to_gpt_neox(model: MeshLMForCausalLM) -> GPTNeoXForCausalLM:
         use_parallel_residual=cfg.use_parallel_residual,
         tie_word_embeddings=False,
         initializer_range=cfg.initializer_range,
+        bos_token_id=cfg.bos_token_id,
+        eos_token_id=cfg.eos_token_id,
+        pad_token_id=cfg.pad_token_id,
     )
     hf = GPTNeoXForCausalLM(neox_cfg)
     ours = model.state_dict()

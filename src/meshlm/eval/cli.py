@@ -30,6 +30,8 @@ from meshlm.train.checkpoint import check_intact
 from meshlm.train.logging import quiet_transformers
 
 SHARD_SPLIT = "val"
+# files of which a Hugging Face tokenizer folder holds at least one
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
 def add_subcommand(subparsers) -> None:
@@ -155,11 +157,16 @@ def loop_counts(value: str | None, model) -> list[int]:
     if value is None:
         return []
     counts = parse_int_list(value, "--loops")
-    if getattr(model.config, "model_type", None) != "meshlm":
-        raise MeshLMError(f"--loops needs a recursive meshlm model; {type(model).__name__} has no loop count.")
     for k in counts:
-        model.config.parsed_layout.with_loops(k)  # refuses 0 and layouts without a shared core
+        check_num_loops(model, k, "--loops")
     return list(dict.fromkeys(counts))
+
+
+def check_num_loops(model, k: int, option: str) -> None:
+    """MeshLMError unless ``model`` is a meshlm model whose shared core can run ``k`` times (k >= 1)."""
+    if getattr(model.config, "model_type", None) != "meshlm":
+        raise MeshLMError(f"{option} needs a recursive meshlm model; {type(model).__name__} has no loop count.")
+    model.config.parsed_layout.with_loops(k)  # refuses 0 and layouts without a shared core
 
 
 def load_model_dir(model_dir: str | Path, trust_remote_code: bool = False):
@@ -171,6 +178,10 @@ def load_model_dir(model_dir: str | Path, trust_remote_code: bool = False):
 
     folder = resolve_model_dir(model_dir)
     refuse_foreign_code(folder, trust_remote_code)
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise MeshLMError(
+            f"{folder} holds no tokenizer (none of {', '.join(TOKENIZER_FILES)}); save the tokenizer with the model."
+        )
     trust = {"trust_remote_code": trust_remote_code}
     try:
         with quiet_transformers():

@@ -18,6 +18,7 @@ import json
 import random
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -58,10 +59,11 @@ def set_rng_state(state: dict) -> None:
 def save_model_dir(
     path: Path, model, tokenizer, state: dict, model_state: dict | None = None, optimizer_state: dict | None = None
 ) -> None:
-    """Write ``model`` (optionally with an explicit full state dict), the tokenizer, the optimizer and RNG
+    """Write ``model`` (optionally with an explicit full state dict), the tokenizer (if any), the optimizer and RNG
     states when given, and last ``state`` with the sha256 of every other file into ``path``."""
     model.save_pretrained(path, state_dict=model_state, safe_serialization=True)
-    tokenizer.save(path)
+    if tokenizer is not None:
+        tokenizer.save(path)
     if optimizer_state is not None:
         save_state(optimizer_state, path / OPTIMIZER_FILE)
         save_state(rng_state(), path / RNG_FILE)
@@ -74,14 +76,19 @@ def save_model_dir(
 
 
 def save_atomically(final: Path, *args, **kwargs) -> None:
-    """:func:`save_model_dir` into a temporary sibling, renamed to ``final`` once complete.
+    """:func:`save_model_dir` into ``final`` through :func:`write_atomically`."""
+    write_atomically(final, lambda tmp: save_model_dir(tmp, *args, **kwargs))
+
+
+def write_atomically(final: Path, write: Callable[[Path], object]) -> None:
+    """``write(folder)`` into a temporary sibling of ``final``, renamed to ``final`` once complete.
 
     A crash or a full disk mid-save leaves whatever ``final`` held before untouched (and at
     worst a ``.NAME.tmp-*`` folder that :func:`remove_temp_folders` clears on the next start).
     """
     tmp = temp_sibling(final)
     try:
-        save_model_dir(tmp, *args, **kwargs)
+        write(tmp)
     except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(err, (OSError, SafetensorError)):

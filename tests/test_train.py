@@ -253,7 +253,13 @@ def test_mesh_run_logs_router_statistics_that_match_the_model(corpus, tmp_path):
         )
     events = EventAccumulator(str(out / "tb")).Reload()
     assert events.Scalars("router/read/step2/slot3")[-1].value == pytest.approx(last["router/read/step2/slot3"])
-    assert "train/val_loss" in events.Tags()["scalars"]
+    tags = events.Tags()["scalars"]
+    assert "train/val_loss" not in tags and "train/val_ppl" not in tags  # held-out numbers have a group of their own
+    evals = [r for r in records if "val_loss" in r]
+    for name, key in (("val/loss", "val_loss"), ("val/ppl", "val_ppl")):
+        assert [(e.step, e.value) for e in events.Scalars(name)] == [
+            (r["step"], pytest.approx(r[key], rel=1e-6)) for r in evals
+        ]
 
 
 def test_base_run_logs_no_router_statistics(corpus, tmp_path):

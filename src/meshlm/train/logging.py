@@ -60,10 +60,8 @@ class RunLogger:
         with open(self.log_path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self.tb is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    # names that carry their own group ("router/write/step0/slot1") keep it
-                    self.tb.add_scalar(key if "/" in key else f"train/{key}", value, record["step"])
+            for name, value in scalars(record).items():
+                self.tb.add_scalar(name, value, record["step"])
             self.tb.flush()
         if self.bar is not None:
             self.bar.update(record["step"] - self.shown_step)
@@ -106,6 +104,23 @@ class RunLogger:
         """``summary.json``, written last: once it exists, everything the run saved is in place."""
         if self.is_main:
             (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+# log.jsonl keys whose dashboard name is not train/<key>: held-out numbers get a group of their own
+SCALAR_NAMES = {"val_loss": "val/loss", "val_ppl": "val/ppl"}
+
+
+def scalars(record: dict) -> dict[str, float]:
+    """The numbers of a log record under their dashboard names (TensorBoard, W&B), ``step`` left out.
+
+    ``val_loss`` -> ``val/loss``, ``val_ppl`` -> ``val/ppl``; a name that carries its own group
+    (``router/write/step0/slot1``) keeps it; every other key becomes ``train/<key>``.
+    """
+    return {
+        SCALAR_NAMES.get(key, key if "/" in key else f"train/{key}"): value
+        for key, value in record.items()
+        if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool)
+    }
 
 
 def _duration(seconds: float) -> str:

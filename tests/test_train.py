@@ -9,7 +9,7 @@ import signal
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import meshlm
 from conftest import tiny_train as tiny
@@ -66,12 +66,15 @@ def test_weight_decay_only_on_matrices(scheme, decayed_scheme_params, plain_sche
 
 def test_tiny_run_learns_and_writes_a_loadable_model(corpus, tmp_path):
     out = tmp_path / "run"
-    summary = train(tiny(corpus, out, max_steps=30, eval_every=10))
+    summary = train(tiny(corpus, out, max_steps=30, eval_every=10, save_every=10, max_position_embeddings=96))
     curve = losses(out)
     assert curve[-1] < curve[0] - 1.0
     assert summary["final_val_loss"] < math.log(300)
     model = AutoModelForCausalLM.from_pretrained(out / "model")
     assert model.config.scheme == "mesh" and model.config.layout == "1+1R2+1"
+    # the saved tokenizers know the model's context length (not HF's "no limit", 1e30)
+    for folder in (out / "model", *ckpt.list_checkpoints(out / "checkpoints")):
+        assert AutoTokenizer.from_pretrained(folder).model_max_length == 96, folder
     records = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert {"loss", "lr", "grad_norm", "tokens", "tokens_per_s", "mfu"} <= set(records[0])
     assert records[-1]["tokens"] == 30 * 256

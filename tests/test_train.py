@@ -187,6 +187,8 @@ def test_bad_training_inputs_give_one_clear_error(corpus, tmp_path, capsys):
     ]
     missing = common + ["--data", str(tmp_path / "missing"), "--tokenizer", "bpe:300"]
     assert "does not exist" in _cli_error(missing, capsys)
+    # without --tokenizer too: the missing file is what to fix first, not the tokenizer
+    assert "does not exist" in _cli_error(common + ["--data", str(tmp_path / "missing.txt")], capsys)
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "a.txt").write_text("   \n")

@@ -324,11 +324,12 @@ def evaluate(
 def load_run_data(cfg: TrainConfig):
     """The run's ``(tokenizer, token shards)``: a raw source is tokenized once and cached."""
     from meshlm.data.shards import load_tokens
-    from meshlm.data.sources import is_shard_dir
+    from meshlm.data.sources import is_shard_dir, parse_source
     from meshlm.data.tokenizers import load_tokenizer
 
     if not cfg.data:
         raise MeshLMError("give --data SOURCE")
+    parse_source(cfg.data)  # a missing or unusable source is reported before any tokenizer problem
     if cfg.tokenizer is None and not is_shard_dir(cfg.data):
         raise MeshLMError("give --tokenizer (neox, bpe:N, a tokenizer.json or an HF name) for a raw text source")
     tokenizer = load_tokenizer(cfg.tokenizer or cfg.data, corpus=cfg.data, cache_dir=cfg.cache_dir)

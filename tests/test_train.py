@@ -80,6 +80,20 @@ def test_tiny_run_learns_and_writes_a_loadable_model(corpus, tmp_path):
     assert records[-1]["tokens"] == 30 * 256
 
 
+def test_run_json_is_a_valid_config_that_gives_back_the_same_train_config(corpus, tmp_path):
+    from meshlm.cli import build_parser
+    from meshlm.train.cli import config_from_args
+
+    out = tmp_path / "run"
+    cfg = tiny(corpus, out, max_steps=2, scheme="anchor", lr=2e-3, train_loops="uniform:1-2", tensorboard=False)
+    train(dataclasses.replace(cfg))
+    parser = build_parser(["meshlm.train.cli"])
+    reloaded = config_from_args(parser.parse_args(["train", "--config", str(out / "run.json")]))
+    assert dataclasses.asdict(reloaded) == dataclasses.asdict(cfg)
+    flags = ["train", "--config", str(out / "run.json"), "--out", str(tmp_path / "again"), "--max-steps", "3"]
+    assert config_from_args(parser.parse_args(flags)) == dataclasses.replace(cfg, out=str(tmp_path / "again"), max_steps=3)
+
+
 def test_resume_after_signal_gives_bitwise_equal_losses(corpus, tmp_path, monkeypatch):
     straight = tmp_path / "straight"
     train(tiny(corpus, straight, max_steps=10))

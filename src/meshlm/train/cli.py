@@ -1,4 +1,5 @@
-"""``meshlm train``: flags named after :class:`~meshlm.train.loop.TrainConfig` fields, or ``--config run.yaml``."""
+"""``meshlm train``: flags named after :class:`~meshlm.train.loop.TrainConfig` fields, or ``--config run.yaml``
+(or a run folder's ``run.json``)."""
 
 from __future__ import annotations
 
@@ -105,17 +106,28 @@ def add_train_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] =
         else:
             choices, metavar = (list(PRESETS), "NAME") if f.name == "preset" else (None, None)
             parser.add_argument(flag, type=kind, default=None, choices=choices, metavar=metavar, help=_help(f, kind))
-    parser.add_argument("--config", type=Path, help="YAML file of the same options, flags override it (default: none)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="YAML file of the same options, or a run's run.json; flags override it (default: none)",
+    )
 
 
 def read_config_file(path: Path) -> dict:
-    """The option mapping of a ``--config`` YAML file, keys normalised to underscores."""
+    """The option mapping of a ``--config`` file, keys normalised to underscores.
+
+    The file is a YAML mapping of option: value, or a run folder's ``run.json``, whose ``train``
+    section is the run's whole TrainConfig (JSON is YAML): a finished run is repeated with
+    ``--config RUN/run.json --out NEW`` and continued with ``--config RUN/run.json --resume``.
+    """
     import yaml
 
     try:
         loaded = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as err:
         raise MeshLMError(f"cannot read --config {path}: {err}") from err
+    if isinstance(loaded, dict) and isinstance(loaded.get("train"), dict):  # no option is named "train"
+        loaded = loaded["train"]
     if not isinstance(loaded, dict):
         raise MeshLMError(f"--config {path} must hold a mapping of option: value")
     return {str(k).replace("-", "_"): v for k, v in loaded.items()}

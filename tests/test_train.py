@@ -90,8 +90,9 @@ def test_run_json_is_a_valid_config_that_gives_back_the_same_train_config(corpus
     parser = build_parser(["meshlm.train.cli"])
     reloaded = config_from_args(parser.parse_args(["train", "--config", str(out / "run.json")]))
     assert dataclasses.asdict(reloaded) == dataclasses.asdict(cfg)
-    flags = ["train", "--config", str(out / "run.json"), "--out", str(tmp_path / "again"), "--max-steps", "3"]
-    assert config_from_args(parser.parse_args(flags)) == dataclasses.replace(cfg, out=str(tmp_path / "again"), max_steps=3)
+    again = str(tmp_path / "again")
+    flags = ["train", "--config", str(out / "run.json"), "--out", again, "--max-steps", "3"]
+    assert config_from_args(parser.parse_args(flags)) == dataclasses.replace(cfg, out=again, max_steps=3)
 
 
 def test_resume_after_signal_gives_bitwise_equal_losses(corpus, tmp_path, monkeypatch):

@@ -61,6 +61,9 @@ HELP = {
     "cache_dir": "where tokenizers and tokenized sources are cached (default: $MESHLM_CACHE or ~/.cache/meshlm)",
     "progress": "a progress bar; --no-progress prints a plain line every --log-every steps instead",
     "tensorboard": "write TensorBoard events to OUT/tb (needs meshlm[tensorboard])",
+    "wandb": "also log the TensorBoard scalars to this Weights & Biases project, from rank 0 (needs pip install "
+    "wandb; WANDB_MODE=offline and the other WANDB_* variables are honoured) (default: off)",
+    "wandb_run_name": "the W&B run's name (default: the --out folder's name)",
     "linear_init": "linear scheme's adapter init: identity (starts as base recursion) or random (Huginn's) "
     "(default: identity)",
     "diagonal_decay_init": "diagonal scheme's initial per-channel decay a, in (0, 1) (default: 0.5)",
@@ -70,6 +73,9 @@ HELP = {
     "(default: all of them)",
     "activation_checkpointing": "none, full (recompute every unrolled layer in backward) or selective (every other)",
 }
+
+# placeholders shown in --help where the field name would mislead (default: the name in capitals)
+METAVARS = {"preset": "NAME", "wandb": "PROJECT", "wandb_run_name": "NAME"}
 
 
 def _arg_type(annotation):
@@ -104,7 +110,8 @@ def add_train_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] =
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=_help(f, kind))
         else:
-            choices, metavar = (list(PRESETS), "NAME") if f.name == "preset" else (None, None)
+            choices = list(PRESETS) if f.name == "preset" else None
+            metavar = METAVARS.get(f.name)
             parser.add_argument(flag, type=kind, default=None, choices=choices, metavar=metavar, help=_help(f, kind))
     parser.add_argument(
         "--config",

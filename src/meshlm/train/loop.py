@@ -37,7 +37,7 @@ from meshlm.train import resume
 from meshlm.train.depth import LoopSchedule
 from meshlm.train.distributed import Dist, setup_distributed, wrap_model
 from meshlm.train.hardware import cpu_threads, measure_bf16_peak
-from meshlm.train.logging import RunLogger, quiet_transformers
+from meshlm.train.logging import RunLogger, import_wandb, quiet_transformers
 from meshlm.train.optim import build_optimizer, lr_at
 
 # model fields a run may override on top of the preset; all are MeshLMConfig fields
@@ -110,6 +110,8 @@ class TrainConfig:
     cache_dir: str | None = None
     progress: bool = True
     tensorboard: bool = True
+    wandb: str | None = None
+    wandb_run_name: str | None = None
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -355,6 +357,8 @@ def train(cfg: TrainConfig) -> dict:
     if not cfg.data or not cfg.out:
         raise MeshLMError("give --data SOURCE and --out DIR")
     cfg.validate()
+    if cfg.wandb:
+        import_wandb()  # a missing package fails before any work, on every rank alike
     out = Path(cfg.out)
     dist = setup_distributed(cfg.fsdp)
     device = _resolve_device(cfg.device) if dist.world == 1 else dist.device

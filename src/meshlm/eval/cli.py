@@ -20,7 +20,7 @@ from meshlm.data.shards import load_tokens
 from meshlm.data.sources import is_shard_dir, iter_documents
 from meshlm.data.tokenizers import load_tokenizer
 from meshlm.errors import MeshLMError
-from meshlm.eval.harness import run_harness
+from meshlm.eval.harness import check_output_options, run_harness
 from meshlm.eval.lambada import lambada
 from meshlm.eval.perplexity import documents_to_stream, rolling_document_perplexity, token_perplexity
 from meshlm.eval.scoring import check_context, model_max_length, prepare_model
@@ -79,7 +79,13 @@ def add_subcommand(subparsers) -> None:
         "(repeatable; default: none)",
     )
     p.add_argument("--tasks", help="comma-separated lm-eval tasks, e.g. piqa,arc_easy,lambada_openai (default: none)")
-    p.add_argument("--num-fewshot", default="0", help="comma-separated shot counts for --tasks (default: 0)")
+    p.add_argument(
+        "--num-fewshot",
+        "--num_fewshot",
+        default="0",
+        metavar="N[,N...]",
+        help="comma-separated shot counts for --tasks (default: 0)",
+    )
     p.add_argument("--include-path", help="folder of extra lm-eval task YAMLs (default: none)")
     p.add_argument(
         "--limit", type=float, help="lm-eval examples per task (a fraction if < 1), for testing (default: all)"
@@ -96,7 +102,7 @@ def add_subcommand(subparsers) -> None:
         default=100000,
         help="lm-eval bootstrap iterations for the stderr of perplexity-type metrics (0 skips them)",
     )
-    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
+    p.add_argument("--batch-size", "--batch_size", type=int, default=8, metavar="N", help="sequences per forward pass")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument(
         "--trust-remote-code",
@@ -111,6 +117,22 @@ def add_subcommand(subparsers) -> None:
         type=Path,
         metavar="OUT",
         help="write the Table 1 row and per-task tables here (default: print only)",
+    )
+    p.add_argument(
+        "--output-path",
+        "--output_path",
+        type=Path,
+        metavar="FILE_OR_DIR",
+        help="write lm-eval's own results JSON of --tasks, named as lm_eval --output_path names it: "
+        "DIR/<model>/results_<date>.json, or FILE_<date>.json for a .json path; one file per shot count "
+        "(default: none)",
+    )
+    p.add_argument(
+        "--log-samples",
+        "--log_samples",
+        action="store_true",
+        help="with --output-path, also write lm-eval's per-sample records, samples_<task>_<date>.jsonl "
+        "beside the results (default: off)",
     )
     p.set_defaults(func=run_eval)
 
@@ -237,6 +259,13 @@ def evaluate_model_dir(args: argparse.Namespace) -> dict:
     shots = parse_int_list(args.num_fewshot, "--num-fewshot")
     if not (ppl_specs or rolling_specs or lambada_specs or tasks):
         raise MeshLMError("nothing to evaluate; give --ppl, --rolling, --lambada or --tasks.")
+    output_path, log_samples = getattr(args, "output_path", None), getattr(args, "log_samples", False)
+    if (output_path is not None or log_samples) and not tasks:
+        raise MeshLMError(
+            "--output-path/--log-samples write the LM Evaluation Harness's files, which only --tasks makes; "
+            "give --tasks, or --json for the other numbers."
+        )
+    check_output_options(output_path, log_samples)  # before the model loads
     model_dir = resolve_model_dir(args.model_dir)
     model, tokenizer = load_model_dir(model_dir, args.trust_remote_code)
     device = prepare_model(model, args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -284,6 +313,9 @@ def evaluate_model_dir(args: argparse.Namespace) -> dict:
             limit=limit,
             max_length=context,
             bootstrap_iters=args.bootstrap_iters,
+            model_args={"pretrained": str(model_dir), "dtype": "float32", "max_length": context},
+            output_path=output_path,
+            log_samples=log_samples,
         )
     report["table1"] = table1_row(report)
     return report
@@ -300,4 +332,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(markdown)
+    for run in report.get("harness", {}).values():
+        for path in run.get("lm_eval_files", []):
+            print(f"lm-eval wrote {path}", file=sys.stderr)
     return 0

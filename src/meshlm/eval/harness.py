@@ -45,6 +45,7 @@ def primary_metric(task: str) -> str:
 def _import_lm_eval():
     try:
         import lm_eval
+        from lm_eval.loggers import EvaluationTracker
         from lm_eval.models.huggingface import HFLM
         from lm_eval.tasks import TaskManager
     except ImportError as e:
@@ -52,7 +53,7 @@ def _import_lm_eval():
             f"the LM Evaluation Harness is not importable ({e}); pip install 'meshlm[eval]' "
             f"(or pip install {LM_EVAL_PIN})."
         ) from None
-    return lm_eval, HFLM, TaskManager
+    return lm_eval, HFLM, TaskManager, EvaluationTracker
 
 
 @functools.cache
@@ -128,6 +129,45 @@ def average_accuracy(summary: dict) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def check_output_options(output_path: str | Path | None, log_samples: bool) -> None:
+    """Refuse ``log_samples`` without ``output_path``; create the folder lm-eval's files go to.
+
+    That folder is a ``.json`` path's parent, else the path itself. Called before any evaluation,
+    so an unwritable ``--output-path`` fails first (lm-eval only logs a warning when it cannot write).
+    """
+    if log_samples and output_path is None:
+        raise MeshLMError("--log-samples writes the records beside --output-path's results; give --output-path too.")
+    if output_path is None:
+        return
+    path = Path(output_path).expanduser()
+    try:
+        (path.parent if path.suffix == ".json" else path).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MeshLMError(f"cannot write --output-path {output_path}: {e}") from None
+
+
+def _save_lm_eval_files(tracker, out: dict, samples: dict | None) -> list[str]:
+    """Write lm-eval's results JSON (and per-task samples) through its own tracker; the paths written.
+
+    The names are lm-eval's: ``DIR/<model>/results_<date>.json`` (``FILE_<date>.json`` for a
+    ``.json`` path) and ``samples_<task>_<date>.jsonl`` beside it.
+    """
+    tracker.save_results_aggregated(results=out, samples=samples)
+    path = Path(tracker.output_path)
+    if path.suffix == ".json":
+        results = path.with_name(f"{path.stem}_{tracker.date_id}.json")
+    else:
+        results = path / str(tracker.general_config_tracker.model_name_sanitized) / f"results_{tracker.date_id}.json"
+    written = [results]
+    for task in out["configs"] if samples is not None else []:
+        tracker.save_results_samples(task_name=task, samples=samples[task])
+        written.append(results.parent / f"samples_{task}_{tracker.date_id}.jsonl")
+    missing = [str(p) for p in written if not p.is_file()]
+    if missing:
+        raise MeshLMError(f"lm-eval could not write {', '.join(missing)} (its log says why).")
+    return [str(p) for p in written]
+
+
 def run_harness(
     model: nn.Module,
     tokenizer,
@@ -140,19 +180,28 @@ def run_harness(
     *,
     max_length: int | None = None,
     bootstrap_iters: int = 100000,
+    model_args: dict | None = None,
+    output_path: str | Path | None = None,
+    log_samples: bool = False,
 ) -> dict:
     """Evaluate ``model`` on lm-eval ``tasks`` with ``num_fewshot`` examples; numbers plus a summary.
 
     ``max_length`` (default: from the model config) bounds the harness's context windows;
-    ``bootstrap_iters`` = 0 skips the bootstrap stderr of perplexity-type metrics.
+    ``bootstrap_iters`` = 0 skips the bootstrap stderr of perplexity-type metrics. ``model_args``
+    (e.g. ``{"pretrained": MODEL_DIR}``) is recorded in lm-eval's config and names the results folder.
+    ``output_path`` writes lm-eval's own results JSON there, as ``lm_eval --output_path`` does, and
+    ``log_samples`` its per-sample records beside it.
     Returns ``{"num_fewshot", "results": {task: {metric: value}}, "n_samples", "versions",
-    "summary": {task: {"metric", "value", "stderr"}}, "average_accuracy", "lm_eval_version"}``.
+    "summary": {task: {"metric", "value", "stderr"}}, "average_accuracy", "lm_eval_version"}``,
+    plus ``"lm_eval_files"`` (the paths written) with ``output_path``.
     """
     if not tasks:
         raise MeshLMError("no lm-eval task given; pass e.g. --tasks piqa,arc_easy.")
     if include_path is not None and not Path(include_path).is_dir():
         raise MeshLMError(f"--include-path {include_path} is not a folder of task YAMLs.")
-    lm_eval, hflm, _ = _import_lm_eval()
+    check_output_options(output_path, log_samples)
+    lm_eval, hflm, _, tracker_class = _import_lm_eval()
+    tracker = tracker_class(output_path=str(Path(output_path).expanduser())) if output_path is not None else None
     run_on = prepare_model(model, device)
     lm = hflm(
         pretrained=model,
@@ -172,11 +221,16 @@ def run_harness(
         limit=limit,
         task_manager=task_manager,
         bootstrap_iters=bootstrap_iters,
-        log_samples=False,
+        log_samples=log_samples,
+        model_args=model_args,
+        batch_size=batch_size,  # recorded in lm-eval's config, as its CLI records it
+        device=str(run_on),
+        evaluation_tracker=tracker,
     )
+    samples = out.pop("samples", None) if log_samples else None
     results = {name: _metrics(raw) for name, raw in out["results"].items()}
     summary = summarize(results, list(built))
-    return {
+    report = {
         "num_fewshot": num_fewshot,
         "results": results,
         "n_samples": {name: n.get("effective") for name, n in out.get("n-samples", {}).items()},
@@ -185,3 +239,6 @@ def run_harness(
         "average_accuracy": average_accuracy(summary),
         "lm_eval_version": lm_eval.__version__,
     }
+    if tracker is not None:
+        report["lm_eval_files"] = _save_lm_eval_files(tracker, out, samples)
+    return report

@@ -59,11 +59,12 @@ def set_rng_state(state: dict) -> None:
 def save_model_dir(
     path: Path, model, tokenizer, state: dict, model_state: dict | None = None, optimizer_state: dict | None = None
 ) -> None:
-    """Write ``model`` (optionally with an explicit full state dict), the tokenizer (if any), the optimizer and RNG
-    states when given, and last ``state`` with the sha256 of every other file into ``path``."""
+    """Write ``model`` (optionally with an explicit full state dict), the tokenizer if any (its
+    ``model_max_length`` the model's context length), the optimizer and RNG states when given, and
+    last ``state`` with the sha256 of every other file into ``path``."""
     model.save_pretrained(path, state_dict=model_state, safe_serialization=True)
     if tokenizer is not None:
-        tokenizer.save(path)
+        tokenizer.save(path, model_max_length=model.config.max_position_embeddings)
     if optimizer_state is not None:
         save_state(optimizer_state, path / OPTIMIZER_FILE)
         save_state(rng_state(), path / RNG_FILE)

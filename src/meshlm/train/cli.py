@@ -1,4 +1,5 @@
-"""``meshlm train``: flags named after :class:`~meshlm.train.loop.TrainConfig` fields, or ``--config run.yaml``."""
+"""``meshlm train``: flags named after :class:`~meshlm.train.loop.TrainConfig` fields, or ``--config run.yaml``
+(or a run folder's ``run.json``)."""
 
 from __future__ import annotations
 
@@ -62,6 +63,9 @@ HELP = {
     "cache_dir": "where tokenizers and tokenized sources are cached (default: $MESHLM_CACHE or ~/.cache/meshlm)",
     "progress": "a progress bar; --no-progress prints a plain line every --log-every steps instead",
     "tensorboard": "write TensorBoard events to OUT/tb (needs meshlm[tensorboard])",
+    "wandb": "also log the TensorBoard scalars to this Weights & Biases project, from rank 0 (needs pip install "
+    "wandb; WANDB_MODE=offline and the other WANDB_* variables are honoured) (default: off)",
+    "wandb_run_name": "the W&B run's name (default: the --out folder's name)",
     "linear_init": "linear scheme's adapter init: identity (starts as base recursion) or random (Huginn's) "
     "(default: identity)",
     "diagonal_decay_init": "diagonal scheme's initial per-channel decay a, in (0, 1) (default: 0.5)",
@@ -71,6 +75,9 @@ HELP = {
     "(default: all of them)",
     "activation_checkpointing": "none, full (recompute every unrolled layer in backward) or selective (every other)",
 }
+
+# placeholders shown in --help where the field name would mislead (default: the name in capitals)
+METAVARS = {"preset": "NAME", "wandb": "PROJECT", "wandb_run_name": "NAME"}
 
 
 def _arg_type(annotation):
@@ -105,19 +112,31 @@ def add_train_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] =
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=_help(f, kind))
         else:
-            choices, metavar = (list(PRESETS), "NAME") if f.name == "preset" else (None, None)
+            choices = list(PRESETS) if f.name == "preset" else None
+            metavar = METAVARS.get(f.name)
             parser.add_argument(flag, type=kind, default=None, choices=choices, metavar=metavar, help=_help(f, kind))
-    parser.add_argument("--config", type=Path, help="YAML file of the same options, flags override it (default: none)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="YAML file of the same options, or a run's run.json; flags override it (default: none)",
+    )
 
 
 def read_config_file(path: Path) -> dict:
-    """The option mapping of a ``--config`` YAML file, keys normalised to underscores."""
+    """The option mapping of a ``--config`` file, keys normalised to underscores.
+
+    The file is a YAML mapping of option: value, or a run folder's ``run.json``, whose ``train``
+    section is the run's whole TrainConfig (JSON is YAML): a finished run is repeated with
+    ``--config RUN/run.json --out NEW`` and continued with ``--config RUN/run.json --resume``.
+    """
     import yaml
 
     try:
         loaded = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as err:
         raise MeshLMError(f"cannot read --config {path}: {err}") from err
+    if isinstance(loaded, dict) and isinstance(loaded.get("train"), dict):  # no option is named "train"
+        loaded = loaded["train"]
     if not isinstance(loaded, dict):
         raise MeshLMError(f"--config {path} must hold a mapping of option: value")
     return {str(k).replace("-", "_"): v for k, v in loaded.items()}

@@ -1,14 +1,19 @@
-"""Run logs: ``run.json`` (what ran), ``log.jsonl`` (every logged step), TensorBoard events, a progress bar
-or, without it, one plain line per logged step."""
+"""Run logs: ``run.json`` (what ran), ``log.jsonl`` (every logged step), TensorBoard events, an optional
+Weights & Biases run, a progress bar or, without it, one plain line per logged step."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from meshlm.errors import MeshLMError
+
+WANDB_ID_FILE = "wandb_run_id"  # in the run folder: the W&B run a --resume continues
 
 
 class RunLogger:
@@ -26,7 +31,7 @@ class RunLogger:
         self.records: list[dict] = []
         self.t0 = time.perf_counter()
         self.start_step = self.shown_step = purge_after
-        self.bar = self.tb = None
+        self.bar = self.tb = self.wandb = None
         self.plain = not cfg.progress
         if not is_main:
             return
@@ -36,6 +41,8 @@ class RunLogger:
         self._truncate_after(purge_after)
         if cfg.tensorboard:
             self.tb = _tensorboard_writer(out / "tb", purge_step=purge_after + 1 if purge_after else None)
+        if cfg.wandb:
+            self.wandb = _wandb_run(cfg, out, run_info)
         if cfg.progress:
             from tqdm import tqdm
 
@@ -59,12 +66,13 @@ class RunLogger:
             return
         with open(self.log_path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        numbers = scalars(record)
         if self.tb is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    # names that carry their own group ("router/write/step0/slot1") keep it
-                    self.tb.add_scalar(key if "/" in key else f"train/{key}", value, record["step"])
+            for name, value in numbers.items():
+                self.tb.add_scalar(name, value, record["step"])
             self.tb.flush()
+        if self.wandb is not None:
+            self.wandb.log(numbers, step=record["step"])
         if self.bar is not None:
             self.bar.update(record["step"] - self.shown_step)
             self.shown_step = record["step"]
@@ -100,12 +108,32 @@ class RunLogger:
                 self.bar.close()
             if self.tb is not None:
                 self.tb.close()
+            if self.wandb is not None:
+                self.wandb.finish()
         return summary
 
     def write_summary(self, summary: dict) -> None:
         """``summary.json``, written last: once it exists, everything the run saved is in place."""
         if self.is_main:
             (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+# log.jsonl keys whose dashboard name is not train/<key>: held-out numbers get a group of their own
+SCALAR_NAMES = {"val_loss": "val/loss", "val_ppl": "val/ppl"}
+
+
+def scalars(record: dict) -> dict[str, float]:
+    """The numbers of a log record under their dashboard names (TensorBoard, W&B), ``step`` left out.
+
+    ``val_loss`` -> ``val/loss``, ``val_ppl`` -> ``val/ppl``; a name that carries its own group
+    (``router/write/step0/slot1``) keeps it; every other key becomes ``train/<key>``. The wall-clock
+    ``time`` is left out too: dashboards stamp every point with their own.
+    """
+    return {
+        SCALAR_NAMES.get(key, key if "/" in key else f"train/{key}"): value
+        for key, value in record.items()
+        if key not in ("step", "time") and isinstance(value, (int, float)) and not isinstance(value, bool)
+    }
 
 
 def _duration(seconds: float) -> str:
@@ -156,3 +184,36 @@ def _tensorboard_writer(path: Path, purge_step: int | None = None):
         print("note: tensorboard is not installed, no event files (pip install 'meshlm[tensorboard]')", file=sys.stderr)
         return None
     return SummaryWriter(str(path), purge_step=purge_step)
+
+
+def import_wandb():
+    """The ``wandb`` module (imported only for ``--wandb``); MeshLMError with the pip command if absent."""
+    try:
+        import wandb
+    except ImportError:
+        raise MeshLMError(
+            "--wandb needs the wandb package: pip install wandb (or pip install 'meshlm[wandb]')"
+        ) from None
+    return wandb
+
+
+def _wandb_run(cfg, out: Path, run_info: dict):
+    """A W&B run in project ``cfg.wandb`` with ``run.json``'s content as its config.
+
+    The run's files go to ``OUT/wandb`` unless WANDB_DIR says otherwise; WANDB_MODE (offline,
+    disabled) and the other WANDB_* variables are left to wandb. A ``--resume`` continues the W&B
+    run recorded in ``OUT/wandb_run_id``; wandb ignores the steps it already holds (re-run
+    bitwise-equal after the checkpoint), so each step shows once.
+    """
+    wandb = import_wandb()
+    id_file = out / WANDB_ID_FILE
+    resumed = {"id": id_file.read_text().strip(), "resume": "allow"} if cfg.resume and id_file.is_file() else {}
+    run = wandb.init(
+        project=cfg.wandb,
+        name=cfg.wandb_run_name or out.name,
+        dir=os.environ.get("WANDB_DIR", str(out)),
+        config=run_info,
+        **resumed,
+    )
+    id_file.write_text(f"{run.id}\n")
+    return run

@@ -37,7 +37,7 @@ from meshlm.train import resume
 from meshlm.train.depth import LoopSchedule
 from meshlm.train.distributed import Dist, setup_distributed, wrap_model
 from meshlm.train.hardware import cpu_threads, measure_bf16_peak
-from meshlm.train.logging import RunLogger, quiet_transformers
+from meshlm.train.logging import RunLogger, import_wandb, quiet_transformers
 from meshlm.train.optim import build_optimizer, lr_at
 
 # model fields a run may override on top of the preset; all are MeshLMConfig fields
@@ -111,6 +111,8 @@ class TrainConfig:
     cache_dir: str | None = None
     progress: bool = True
     tensorboard: bool = True
+    wandb: str | None = None
+    wandb_run_name: str | None = None
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -327,11 +329,12 @@ def evaluate(
 def load_run_data(cfg: TrainConfig):
     """The run's ``(tokenizer, token shards)``: a raw source is tokenized once and cached."""
     from meshlm.data.shards import load_tokens
-    from meshlm.data.sources import is_shard_dir
+    from meshlm.data.sources import is_shard_dir, parse_source
     from meshlm.data.tokenizers import load_tokenizer
 
     if not cfg.data:
         raise MeshLMError("give --data SOURCE")
+    parse_source(cfg.data)  # a missing or unusable source is reported before any tokenizer problem
     if cfg.tokenizer is None and not is_shard_dir(cfg.data):
         raise MeshLMError("give --tokenizer (neox, bpe:N, a tokenizer.json or an HF name) for a raw text source")
     tokenizer = load_tokenizer(cfg.tokenizer or cfg.data, corpus=cfg.data, cache_dir=cfg.cache_dir)
@@ -357,6 +360,8 @@ def train(cfg: TrainConfig) -> dict:
     if not cfg.data or not cfg.out:
         raise MeshLMError("give --data SOURCE and --out DIR")
     cfg.validate()
+    if cfg.wandb:
+        import_wandb()  # a missing package fails before any work, on every rank alike
     out = Path(cfg.out)
     dist = setup_distributed(cfg.fsdp)
     device = _resolve_device(cfg.device) if dist.world == 1 else dist.device

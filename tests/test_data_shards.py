@@ -3,6 +3,7 @@
 import argparse
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -64,6 +65,12 @@ def split_documents(tokens, eos):
     """Token sequences between EOS separators."""
     cuts = np.flatnonzero(tokens == eos)
     return [tuple(part) for part in np.split(tokens, cuts + 1)[:-1]]
+
+
+def test_a_shard_folder_named_neox_reads_its_own_tokenizer(corpus, tok, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shards = TokenShards(prepare_shards(corpus, tok, Path("neox"), val_fraction=0.2))
+    assert shards.tokenizer().fingerprint == tok.fingerprint  # not the NeoX tokenizer the spec "neox" names
 
 
 def test_round_trip_equals_direct_tokenization(docs, corpus, tok, tmp_path):

@@ -95,6 +95,17 @@ def test_save_and_reload_folder_and_file_keep_the_tokenization(bpe, tmp_path):
     assert from_file.encode(SAMPLE) == bpe.encode(SAMPLE)
 
 
+@pytest.mark.parametrize("name", ["neox", "bpe:64"])
+def test_a_folder_named_like_a_spec_is_read_as_the_folder(bpe, tmp_path, monkeypatch, name):
+    """A model or shard folder called ``neox`` holds its own tokenizer, not the NeoX one (nor a BPE to train)."""
+    monkeypatch.chdir(tmp_path)
+    bpe.save(Path(name))
+    loaded = tok_module.tokenizer_from_folder(name)
+    assert (loaded.name, loaded.fingerprint) == (bpe.name, bpe.fingerprint)
+    with pytest.raises(MeshLMError, match="not a folder with a saved tokenizer"):
+        tok_module.tokenizer_from_folder("missing")
+
+
 def test_to_hf_and_autotokenizer_round_trip(bpe, tmp_path):
     from transformers import AutoTokenizer
 

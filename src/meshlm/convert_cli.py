@@ -21,7 +21,7 @@ import torch
 from safetensors import SafetensorError
 
 from meshlm.convert import CORE_INITS, from_gpt_neox, to_gpt_neox
-from meshlm.data.tokenizers import load_tokenizer
+from meshlm.data.tokenizers import tokenizer_from_folder
 from meshlm.errors import MeshLMError
 from meshlm.eval.cli import TOKENIZER_FILES, resolve_model_dir
 from meshlm.train.checkpoint import save_atomically, write_atomically
@@ -93,8 +93,7 @@ def run_from_neox(args: argparse.Namespace) -> int:
     source = load_for_conversion(folder, GPTNeoXForCausalLM, args)
     overrides = {} if args.buffer_size is None else {"buffer_size": args.buffer_size}
     model = from_gpt_neox(source, layout=args.layout, scheme=args.scheme, core_init=args.core_init, **overrides)
-    # an absolute path, which no tokenizer spec (neox, bpe:N, a hub name) can be mistaken for
-    tokenizer = load_tokenizer(str(folder.resolve())) if (folder / "tokenizer.json").is_file() else None
+    tokenizer = tokenizer_from_folder(folder) if (folder / "tokenizer.json").is_file() else None
     if tokenizer is None:
         print(f"note: {args.src} has no tokenizer.json; the model is saved without a tokenizer", file=sys.stderr)
     cfg = model.config

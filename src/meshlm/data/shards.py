@@ -24,7 +24,7 @@ from tqdm import tqdm
 from meshlm.data.cache import cache_dir as default_cache_dir
 from meshlm.data.cache import publish, sha256_file, temp_sibling
 from meshlm.data.sources import SHARD_MANIFEST, describe_source, is_shard_dir, iter_documents, source_fingerprint
-from meshlm.data.tokenizers import Tokenizer, load_tokenizer
+from meshlm.data.tokenizers import Tokenizer, tokenizer_from_folder
 from meshlm.data.view import TokenView
 from meshlm.errors import MeshLMError
 
@@ -279,7 +279,7 @@ class TokenShards:
 
     def tokenizer(self) -> Tokenizer:
         """The tokenizer saved next to the shards."""
-        return load_tokenizer(str(self.path))
+        return tokenizer_from_folder(self.path)
 
 
 def _slug(spec: str) -> str:

@@ -233,6 +233,20 @@ def _load_bpe(spec: str, corpus: str | None, cache_dir) -> Tokenizer:
     return _load_dir(folder)
 
 
+def tokenizer_from_folder(folder: str | os.PathLike) -> Tokenizer:
+    """The tokenizer saved in a model or shard ``folder``, read as a path whatever its name.
+
+    ``load_tokenizer("neox")`` means the NeoX tokenizer even when a folder ``./neox`` exists, so
+    code that holds a folder must not pass its name through the spec parser.
+    """
+    path = Path(folder).expanduser()
+    if (path / "tokenizer.json").is_file():
+        return _load_dir(path)
+    if path.is_dir():
+        return _load_hf(str(path.resolve()))
+    raise MeshLMError(f"{folder} is not a folder with a saved tokenizer")
+
+
 def load_tokenizer(spec: str, corpus: str | None = None, cache_dir: str | os.PathLike | None = None) -> Tokenizer:
     """Resolve a ``--tokenizer`` spec; ``corpus`` (a data source spec) is needed for ``bpe:N`` only.
 

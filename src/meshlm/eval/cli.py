@@ -18,7 +18,7 @@ from safetensors import SafetensorError
 from meshlm.accounting import count_parameters
 from meshlm.data.shards import load_tokens
 from meshlm.data.sources import is_shard_dir, iter_documents
-from meshlm.data.tokenizers import load_tokenizer
+from meshlm.data.tokenizers import tokenizer_from_folder
 from meshlm.errors import MeshLMError
 from meshlm.eval.harness import check_output_options, run_harness
 from meshlm.eval.lambada import lambada
@@ -234,7 +234,7 @@ def model_info(model, model_dir: str | Path) -> dict:
 
 def _shard_stream(model_dir: Path, source: str, max_tokens: int | None, hf_tokenizer) -> tuple[torch.Tensor, int]:
     """Held-out tokens of a shard folder (checked against the model's tokenizer) and their byte count."""
-    shards = load_tokens(source, load_tokenizer(str(model_dir)))
+    shards = load_tokens(source, tokenizer_from_folder(model_dir))
     if SHARD_SPLIT not in shards.splits or shards.num_tokens(SHARD_SPLIT) < 2:
         raise MeshLMError(
             f"shard folder {source} has no '{SHARD_SPLIT}' tokens to evaluate; prepare it with a val split."

@@ -36,7 +36,7 @@ from transformers import AutoModelForCausalLM
 from meshlm.accounting import count
 from meshlm.config import INPUT_SCHEMES, Layout, MeshLMConfig, parse_layout
 from meshlm.data.shards import TokenShards, eval_batches, load_tokens
-from meshlm.data.tokenizers import Tokenizer, load_tokenizer
+from meshlm.data.tokenizers import Tokenizer, tokenizer_from_folder
 from meshlm.errors import MeshLMError
 from meshlm.eval.cli import resolve_model_dir
 from meshlm.model import MeshLMForCausalLM
@@ -158,7 +158,7 @@ def _saved_tokenizer(folder: Path) -> Tokenizer:
     """The tokenizer saved with the model in ``folder``."""
     if not (folder / "tokenizer.json").is_file():
         raise MeshLMError(f"{folder} has no tokenizer.json; the probe tokenizes --data with the model's own tokenizer.")
-    return load_tokenizer(str(folder))
+    return tokenizer_from_folder(folder)
 
 
 def _load_model(folder: Path) -> MeshLMForCausalLM:

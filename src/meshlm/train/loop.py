@@ -330,14 +330,17 @@ def load_run_data(cfg: TrainConfig):
     """The run's ``(tokenizer, token shards)``: a raw source is tokenized once and cached."""
     from meshlm.data.shards import load_tokens
     from meshlm.data.sources import is_shard_dir, parse_source
-    from meshlm.data.tokenizers import load_tokenizer
+    from meshlm.data.tokenizers import load_tokenizer, tokenizer_from_folder
 
     if not cfg.data:
         raise MeshLMError("give --data SOURCE")
     parse_source(cfg.data)  # a missing or unusable source is reported before any tokenizer problem
     if cfg.tokenizer is None and not is_shard_dir(cfg.data):
         raise MeshLMError("give --tokenizer (neox, bpe:N, a tokenizer.json or an HF name) for a raw text source")
-    tokenizer = load_tokenizer(cfg.tokenizer or cfg.data, corpus=cfg.data, cache_dir=cfg.cache_dir)
+    if cfg.tokenizer is None:  # a shard folder: its own tokenizer, whatever the folder is called
+        tokenizer = tokenizer_from_folder(cfg.data)
+    else:
+        tokenizer = load_tokenizer(cfg.tokenizer, corpus=cfg.data, cache_dir=cfg.cache_dir)
     return tokenizer, load_tokens(cfg.data, tokenizer, cache_dir=cfg.cache_dir)
 
 

@@ -69,7 +69,7 @@ def bench_one(model, flops_per_token: int, args, peak: float, loss_kind: str, pr
     eager_forward = model.forward
     if args.compile:
         try:
-            model.forward = torch.compile(eager_forward, fullgraph=True)
+            model.forward = torch.compile(eager_forward, fullgraph=True, mode=args.compile_mode)
             compiled_ok = True
         except Exception as err:  # report and fall back rather than abort the whole table
             print(f"compile failed: {err}", file=sys.stderr)
@@ -134,6 +134,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument(
+        "--compile-mode",
+        choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+        default="default",
+        help="torch.compile mode for every model, HF's too (default: default); reduce-overhead adds CUDA graphs",
+    )
     parser.add_argument("--loss", default="fused", help="meshlm loss path(s): fused, plain or fused,plain")
     parser.add_argument("--profile", metavar="DIR", help="write a kernel profile per model into DIR")
     parser.add_argument("--json", help="write the rows here")
@@ -184,6 +190,7 @@ def main() -> None:
         "micro_batch": args.micro_batch,
         "seq_len": args.seq_len,
         "compile": args.compile,
+        "compile_mode": args.compile_mode,
         "transformers": transformers.__version__,
     }
     print(f"\n{meta}")

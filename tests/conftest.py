@@ -62,6 +62,24 @@ def randomize_scheme(model: MeshLMForCausalLM, seed: int = 1) -> None:
             param.copy_(torch.randn(param.shape, generator=gen) * 0.5 + param)
 
 
+def save_recursive_model(folder, tokenizer, **overrides):
+    """A tiny untrained ``1+1R2+1`` MeSH model (scheme randomised) saved with ``tokenizer`` into ``folder``."""
+    config = MeshLMConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_attention_heads=4,
+        layout="1+1R2+1",
+        scheme="mesh",
+        max_position_embeddings=64,
+        **overrides,
+    )
+    model = MeshLMForCausalLM(config).eval()
+    randomize_scheme(model)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def tiny_run(data, out, cache, **overrides) -> dict:
     """Options (TrainConfig field names) of a CPU training run that takes seconds."""
     options = dict(

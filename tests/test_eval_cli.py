@@ -195,20 +195,9 @@ def test_table1_row_reads_harness_results_when_native_ones_are_absent():
 @pytest.fixture(scope="module")
 def recursive_dir(tmp_path_factory):
     """A tiny (untrained) recursive meshlm model saved with the fixtures' tokenizer."""
-    from conftest import randomize_scheme
-    from meshlm import MeshLMConfig, MeshLMForCausalLM
+    from conftest import save_recursive_model
 
-    folder = tmp_path_factory.mktemp("recursive")
-    _, tokenizer = tiny_pair()
-    config = MeshLMConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_attention_heads=4, layout="1+1R2+1", scheme="mesh"
-    )
-    config.max_position_embeddings = 64
-    model = MeshLMForCausalLM(config).eval()
-    randomize_scheme(model)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return save_recursive_model(tmp_path_factory.mktemp("recursive"), tiny_pair()[1])
 
 
 def test_eval_reports_perplexity_per_loop_count(recursive_dir, corpus, tmp_path, capsys):

@@ -7,9 +7,9 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from conftest import randomize_scheme
+from conftest import save_recursive_model
 from fixtures.eval_tiny import tiny_pair
-from meshlm import MeshLMConfig, MeshLMForCausalLM
+from meshlm import MeshLMForCausalLM
 from meshlm.cli import main
 from meshlm.convert import from_gpt_neox
 from meshlm.generate import Sampling, generate_ids
@@ -32,23 +32,9 @@ def model_dir(tmp_path_factory):
 def recursive_dir(tmp_path_factory):
     """A random recursive MeSH model (K = 2) whose weights are large enough that the loop count shows."""
     torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("recursive")
     _, tokenizer = tiny_pair()
-    config = MeshLMConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_attention_heads=4,
-        layout="1+1R2+1",
-        scheme="mesh",
-        max_position_embeddings=64,
-        initializer_range=0.3,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    model = MeshLMForCausalLM(config).eval()
-    randomize_scheme(model)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    folder = tmp_path_factory.mktemp("recursive")
+    return save_recursive_model(folder, tokenizer, initializer_range=0.3, eos_token_id=tokenizer.eos_token_id)
 
 
 def generate(capsys, folder, *extra) -> str:

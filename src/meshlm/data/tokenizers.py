@@ -243,7 +243,7 @@ def tokenizer_from_folder(folder: str | os.PathLike) -> Tokenizer:
     if (path / "tokenizer.json").is_file():
         return _load_dir(path)
     if path.is_dir():
-        return _load_hf(str(path.resolve()))
+        return _load_hf(str(path))  # a local folder: transformers reads it before any hub name
     raise MeshLMError(f"{folder} is not a folder with a saved tokenizer")
 
 
@@ -261,7 +261,7 @@ def load_tokenizer(spec: str, corpus: str | None = None, cache_dir: str | os.Pat
     if path.is_file():
         return _load_file(path)
     if path.is_dir():
-        return _load_dir(path) if (path / "tokenizer.json").is_file() else _load_hf(str(path))
+        return tokenizer_from_folder(path)
     if spec.endswith(".json") or spec.startswith((".", "/", "~")):
         raise MeshLMError(
             f"tokenizer {spec!r} not found; give neox, bpe:N, a tokenizer.json path or an HF tokenizer name."

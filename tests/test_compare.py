@@ -217,3 +217,24 @@ def test_a_signal_that_stops_one_run_stops_the_whole_sweep(sweep, monkeypatch):
     with pytest.raises(MeshLMError, match=r"4 run\(s\) stopped before the end"):
         run_sweep(sweep)
     assert started == [str(sweep.run_dir(sweep.variants[0], 0))]
+
+
+def test_a_sequential_sweep_evaluates_each_run_before_the_next_starts(sweep, monkeypatch):
+    """A sweep stopped by a time limit keeps the held-out result of every run it finished."""
+    sweep.variants = sweep.variants[:2]
+    sweep.probe_samples = 0
+    real_train = loop.train
+    started = []
+
+    def second_is_stopped(cfg):
+        started.append(cfg.out)
+        return real_train(cfg) if len(started) == 1 else {"interrupted_by_signal": 15}
+
+    monkeypatch.setattr(loop, "train", second_is_stopped)
+    with pytest.raises(MeshLMError, match=r"1 run\(s\) stopped before the end"):
+        run_sweep(sweep)
+    first, second = (sweep.run_dir(v, 0) for v in sweep.variants)
+    assert len(started) == 2
+    assert not (second / "eval.json").exists()
+    held_out = json.loads((first / "eval.json").read_text())["held-out"]
+    assert held_out["tokens"] > 0 and 0 < held_out["loss"] < 20

@@ -143,20 +143,22 @@ def run_sweep(sweep: Sweep) -> dict:
                 log(f"[skip] {variant.name} seed {seed}: already trained")
             else:
                 pending.append((variant, seed))
+
+    def evaluate_finished(variant, seed) -> None:
+        """Evaluate a run as soon as it is done: a sweep stopped later (a time limit, a released
+        machine) keeps the held-out results of every run it finished, and parallel runs get no serial tail."""
+        if _finished(sweep.run_dir(variant, seed), planned["steps"]):
+            evaluate_run(sweep, sweep.run_dir(variant, seed), eval_sets)
+
     n = fit_parallel(sweep, pending, tokenizer.vocab_size) if sweep.parallel > 1 else 1
     if n > 1:
-
-        def evaluate_finished(variant, seed) -> None:
-            """Evaluate a run as soon as it is done, while the others still train: no serial tail."""
-            if _finished(sweep.run_dir(variant, seed), planned["steps"]):
-                evaluate_run(sweep, sweep.run_dir(variant, seed), eval_sets)
-
         train_parallel(sweep, pending, n, evaluate_finished)
     else:
         for variant, seed in pending:
             log(f"[train] {variant.name} seed {seed} -> {sweep.run_dir(variant, seed)}")
             if train(sweep.run_config(variant, seed)).get("interrupted_by_signal"):
                 break  # Ctrl-C / SIGTERM stops the sweep, not just this run; the unfinished check below says so
+            evaluate_finished(variant, seed)
     unfinished = [
         str(sweep.run_dir(v, s))
         for s in sweep.seeds

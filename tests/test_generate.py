@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 import torch
-from transformers import AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import save_recursive_model
 from fixtures.eval_tiny import tiny_pair
@@ -140,3 +140,41 @@ def test_bad_inputs_give_one_error_line(model_dir, recursive_dir, tmp_path, caps
     lines = captured.err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
     assert re.search(message, lines[0]), lines[0]
+
+
+@pytest.fixture(scope="module")
+def neox_dir(tmp_path_factory):
+    """The eval fixtures' GPT-NeoX as it is (a non-meshlm folder), saved with its tokenizer."""
+    folder = tmp_path_factory.mktemp("neox")
+    neox, tokenizer = tiny_pair()
+    neox.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("folder", ["recursive_dir", "neox_dir"])
+def test_bfloat16_weights_give_the_models_own_text_with_both_caches(folder, request, capsys):
+    """What CUDA runs by default (bf16 weights, static cache), on CPU: the text of the bf16 model's generate."""
+    folder = request.getfixturevalue(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder).to(torch.bfloat16).eval()
+    ids = AutoTokenizer.from_pretrained(folder)(PROMPT, return_tensors="pt").input_ids
+    expected = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW, do_sample=False)
+    for cache in ("dynamic", "static"):
+        out = generate(capsys, folder, "--max-new-tokens", str(NEW), "--dtype", "bfloat16", "--cache", cache)
+        assert out == decoded(folder, expected)
+
+
+@pytest.mark.parametrize(("flag", "dtype"), [((), torch.float32), (("--dtype", "bfloat16"), torch.bfloat16)])
+def test_dtype_flag_sets_the_weights_generation_runs_with(recursive_dir, capsys, monkeypatch, flag, dtype):
+    import meshlm.generate
+
+    seen = []
+    real = meshlm.generate.generate_ids
+
+    def spy(model, *args, **kwargs):
+        seen.append({p.dtype for p in model.parameters()})
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(meshlm.generate, "generate_ids", spy)
+    generate(capsys, recursive_dir, "--max-new-tokens", "2", *flag)
+    assert seen == [{dtype}]  # auto on CPU: fp32

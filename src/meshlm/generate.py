@@ -3,9 +3,13 @@
 Decoding is the model's own Hugging Face ``generate``: greedy at temperature 0 (the default, so
 the same command always prints the same text), sampling with top-k / top-p above it, seeded by
 ``seed`` so that a seed repeats its text on the same device. On CUDA the KV cache is static (a
-fixed-size cache, and transformers compiles the decode step over it) and the forward passes run
-under bf16 autocast; on CPU the cache is dynamic and everything runs in fp32. ``num_loops=k``
-runs a recursive meshlm model's shared core k times instead of the trained K.
+fixed-size cache, and transformers compiles the decode step over it) and the weights are cast to
+bf16, as ``bench/decode.py`` times it; on CPU the cache is dynamic and everything runs in fp32.
+The weights are cast rather than run under autocast because a static cache takes its dtype from
+the first keys it stores: under autocast the rotary embedding of GPT-NeoX (transformers 5.17)
+leaves the keys in fp32 and the values in bf16, and the cache refuses the values (seen on an
+H200). ``num_loops=k`` runs a recursive meshlm model's shared core k times instead of the
+trained K.
 """
 
 from __future__ import annotations
@@ -20,9 +24,10 @@ import torch
 
 from meshlm.errors import MeshLMError
 from meshlm.eval.cli import check_num_loops, load_model_dir
-from meshlm.eval.scoring import autocast, model_max_length, prepare_model
+from meshlm.eval.scoring import model_max_length, prepare_model
 
 CACHES = ("auto", "static", "dynamic")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,15 @@ def static_cache(cache: str, device: torch.device) -> bool:
     return cache == "static" or (cache == "auto" and device.type == "cuda")
 
 
+def weight_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """The dtype ``--dtype`` casts the weights to on ``device`` (``auto``: bf16 on CUDA, fp32 elsewhere)."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise MeshLMError(f"--dtype must be auto, {' or '.join(DTYPES)}, got {dtype!r}")
+    return DTYPES[dtype]
+
+
 def generate_ids(
     model,
     input_ids: torch.Tensor,
@@ -96,7 +110,7 @@ def generate_ids(
     if num_loops is not None:
         kwargs["num_loops"] = num_loops
     input_ids = input_ids.to(device)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), autocast(device):
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(sampling.seed)
         return model.generate(input_ids, attention_mask=torch.ones_like(input_ids), pad_token_id=pad_token_id, **kwargs)
 
@@ -159,6 +173,12 @@ def add_subcommand(subparsers) -> None:
     )
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument(
+        "--dtype",
+        choices=("auto", *DTYPES),
+        default="auto",
+        help="dtype of the weights and the KV cache: auto is bfloat16 on CUDA and float32 elsewhere",
+    )
+    p.add_argument(
         "--trust-remote-code",
         action="store_true",
         help="run Python files a non-meshlm model folder ships (its auto_map)",
@@ -173,6 +193,7 @@ def run_generate(args: argparse.Namespace) -> int:
         raise MeshLMError("--prompt is empty; give the text to continue")
     model, tokenizer = load_model_dir(args.model_dir, args.trust_remote_code)
     device = prepare_model(model, args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(dtype=weight_dtype(args.dtype, device))
     input_ids = tokenizer(args.prompt, return_tensors="pt").input_ids
     if input_ids.shape[1] == 0:
         raise MeshLMError("the prompt encodes to no tokens; give the text to continue")

@@ -1,0 +1,51 @@
+"""Mesh - anchor in the training logs' val loss, per seed and step, with the paired 95% t interval.
+
+Reads the ``log.jsonl`` of every ``mesh-seedN`` / ``anchor-seedN`` pair under the run folders
+given (default: the 250M sweeps here). The val loss is the training loop's: 20 batches of 32 x 1024
+tokens from the corpus's val split, the same windows at every eval. Mid-run points are not the end
+of a shorter budget (the learning rate has not decayed yet); only the last column is a result.
+
+    python docs/results/scaling-31m/val_gaps.py
+"""
+
+import json
+import sys
+from pathlib import Path
+
+from meshlm.compare.stats import interval
+
+HERE = Path(__file__).parent
+DEFAULT = [HERE / "s31-250M" / "runs", HERE / "s31-250M-s12" / "runs"]
+
+
+def val_losses(run: Path) -> dict[int, float]:
+    """``{step: val_loss}`` of one run's log."""
+    rows = (json.loads(line) for line in (run / "log.jsonl").read_text().splitlines())
+    return {r["step"]: r["val_loss"] for r in rows if "val_loss" in r}
+
+
+def main(folders: list[Path]) -> None:
+    runs = {
+        p.name: val_losses(p)
+        for folder in folders
+        for p in sorted(folder.iterdir())
+        if p.name.startswith(("mesh-", "anchor-"))
+    }
+    seeds = sorted({name.split("seed")[1] for name in runs}, key=int)
+    pairs = {s: (runs.get(f"mesh-seed{s}"), runs.get(f"anchor-seed{s}")) for s in seeds}
+    steps = sorted({st for mesh, anchor in pairs.values() if mesh and anchor for st in mesh.keys() & anchor.keys()})
+    last = max(steps)
+    shown = [st for st in steps if st % 1000 == 0] + [last]
+    print("| step | tokens | " + " | ".join(f"seed {s}" for s in seeds) + " | mean [95% CI] |")
+    print("| --- " * (3 + len(seeds)) + "|")
+    for st in shown:
+        gaps = {s: m[st] - a[st] for s, (m, a) in pairs.items() if m and a and st in m and st in a}
+        ci = interval(list(gaps.values()))
+        bounds = "n/a" if ci["low"] is None else f"[{ci['low']:+.4f}, {ci['high']:+.4f}]"
+        cells = " | ".join(f"{gaps[s]:+.4f}" if s in gaps else "-" for s in seeds)
+        tokens = st * 32 * 1024 / 1e6
+        print(f"| {st} | {tokens:.0f}M | {cells} | {ci['mean']:+.4f} {bounds} (n={ci['n']}) |")
+
+
+if __name__ == "__main__":
+    main([Path(p) for p in sys.argv[1:]] or DEFAULT)

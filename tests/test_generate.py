@@ -154,7 +154,7 @@ def neox_dir(tmp_path_factory):
 
 @pytest.mark.parametrize("folder", ["recursive_dir", "neox_dir"])
 def test_bfloat16_weights_give_the_models_own_text_with_both_caches(folder, request, capsys):
-    """What CUDA runs by default (bf16 weights, static cache), on CPU: the text of the bf16 model's generate."""
+    """What CUDA runs (bf16 weights, with either cache), on CPU: the text of the bf16 model's generate."""
     folder = request.getfixturevalue(folder)
     model = AutoModelForCausalLM.from_pretrained(folder).to(torch.bfloat16).eval()
     ids = AutoTokenizer.from_pretrained(folder)(PROMPT, return_tensors="pt").input_ids
@@ -165,16 +165,16 @@ def test_bfloat16_weights_give_the_models_own_text_with_both_caches(folder, requ
 
 
 @pytest.mark.parametrize(("flag", "dtype"), [((), torch.float32), (("--dtype", "bfloat16"), torch.bfloat16)])
-def test_dtype_flag_sets_the_weights_generation_runs_with(recursive_dir, capsys, monkeypatch, flag, dtype):
+def test_dtype_flag_sets_the_weights_and_the_cache_stays_dynamic_by_default(recursive_dir, capsys, monkeypatch, flag, dtype):
     import meshlm.generate
 
     seen = []
     real = meshlm.generate.generate_ids
 
     def spy(model, *args, **kwargs):
-        seen.append({p.dtype for p in model.parameters()})
+        seen.append(({p.dtype for p in model.parameters()}, kwargs["cache"]))
         return real(model, *args, **kwargs)
 
     monkeypatch.setattr(meshlm.generate, "generate_ids", spy)
     generate(capsys, recursive_dir, "--max-new-tokens", "2", *flag)
-    assert seen == [{dtype}]  # auto on CPU: fp32
+    assert seen == [({dtype}, "dynamic")]  # auto on CPU: fp32; no compiled static cache unless asked

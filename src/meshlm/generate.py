@@ -2,9 +2,12 @@
 
 Decoding is the model's own Hugging Face ``generate``: greedy at temperature 0 (the default, so
 the same command always prints the same text), sampling with top-k / top-p above it, seeded by
-``seed`` so that a seed repeats its text on the same device. On CUDA the KV cache is static (a
-fixed-size cache, and transformers compiles the decode step over it) and the weights are cast to
-bf16, as ``bench/decode.py`` times it; on CPU the cache is dynamic and everything runs in fp32.
+``seed`` so that a seed repeats its text on the same device. The KV cache is dynamic unless
+``--cache static`` asks for the fixed-size one over which transformers compiles the decode step on
+CUDA: that pays off for long generations only, and on an H200 a tiny MeSH model's compiled static
+decode (then under autocast) had not returned 24 tokens after 400 s, so it is not the default
+(nor is compilation in litgpt's, nanoGPT's or transformers' own ``generate``). On CUDA the
+weights are cast to bf16, as ``bench/decode.py`` times them; on CPU everything runs in fp32.
 The weights are cast rather than run under autocast because a static cache takes its dtype from
 the first keys it stores: under autocast the rotary embedding of GPT-NeoX (transformers 5.17)
 leaves the keys in fp32 and the values in bf16, and the cache refuses the values (seen on an
@@ -26,7 +29,7 @@ from meshlm.errors import MeshLMError
 from meshlm.eval.cli import check_num_loops, load_model_dir
 from meshlm.eval.scoring import model_max_length, prepare_model
 
-CACHES = ("auto", "static", "dynamic")
+CACHES = ("dynamic", "static")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -65,11 +68,6 @@ class Sampling:
         }
 
 
-def static_cache(cache: str, device: torch.device) -> bool:
-    """Whether ``--cache`` means a static KV cache on ``device`` (``auto``: on CUDA only)."""
-    return cache == "static" or (cache == "auto" and device.type == "cuda")
-
-
 def weight_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """The dtype ``--dtype`` casts the weights to on ``device`` (``auto``: bf16 on CUDA, fp32 elsewhere)."""
     if dtype == "auto":
@@ -85,7 +83,7 @@ def generate_ids(
     sampling: Sampling,
     *,
     num_loops: int | None = None,
-    cache: str = "auto",
+    cache: str = "dynamic",
     pad_token_id: int | None = None,
 ) -> torch.Tensor:
     """Prompt and new token ids, shape (1, prompt + new), of ``model`` (already on its device) continuing ``input_ids``.
@@ -105,7 +103,7 @@ def generate_ids(
         )
     device = next(model.parameters()).device
     kwargs = sampling.generate_kwargs()
-    if static_cache(cache, device):
+    if cache == "static":
         kwargs["cache_implementation"] = "static"
     if num_loops is not None:
         kwargs["num_loops"] = num_loops
@@ -168,8 +166,9 @@ def add_subcommand(subparsers) -> None:
     p.add_argument(
         "--cache",
         choices=CACHES,
-        default="auto",
-        help="KV cache: auto is static on CUDA (the decode step gets compiled) and dynamic elsewhere",
+        default="dynamic",
+        help="KV cache: static is a fixed-size one over which transformers compiles the decode step on CUDA "
+        "(faster for long generations, after a compilation of a minute or more)",
     )
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument(
@@ -198,9 +197,9 @@ def run_generate(args: argparse.Namespace) -> int:
     if input_ids.shape[1] == 0:
         raise MeshLMError("the prompt encodes to no tokens; give the text to continue")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if device.type == "cuda" and static_cache(args.cache, device):
+    if device.type == "cuda" and args.cache == "static":
         print(
-            "note: static KV cache on CUDA: the decode step is compiled first (--cache dynamic skips it)",
+            "note: static KV cache on CUDA: the decode step is compiled first",
             file=sys.stderr,
         )
     start = time.perf_counter()

@@ -165,7 +165,7 @@ def test_bfloat16_weights_give_the_models_own_text_with_both_caches(folder, requ
 
 
 @pytest.mark.parametrize(("flag", "dtype"), [((), torch.float32), (("--dtype", "bfloat16"), torch.bfloat16)])
-def test_dtype_flag_sets_the_weights_and_the_cache_stays_dynamic_by_default(recursive_dir, capsys, monkeypatch, flag, dtype):
+def test_dtype_sets_the_weights_and_the_cache_is_dynamic_by_default(recursive_dir, capsys, monkeypatch, flag, dtype):
     import meshlm.generate
 
     seen = []

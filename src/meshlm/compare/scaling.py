@@ -13,12 +13,11 @@ differences ``variant - anchor`` and ``variant - vanilla`` per seed with their t
 from __future__ import annotations
 
 import json
-import statistics
 from pathlib import Path
 
 from meshlm.compare.plan import log
 from meshlm.compare.report import REFERENCES
-from meshlm.compare.stats import LEVEL, fmt_pm, interval, sample_std
+from meshlm.compare.stats import LEVEL, fmt_pm
 from meshlm.errors import MeshLMError
 
 # what must agree between the sweeps of one curve (besides the variants' layouts and schemes)
@@ -87,24 +86,22 @@ def _check_same_recipe(reports: list[dict]) -> dict:
 
 
 def _budget(report: dict, eval_sets: list[str], variants: dict) -> dict:
-    """One budget's row: loss per variant and the paired differences against each reference."""
+    """One budget's row: loss per variant and the paired differences against each reference.
+
+    Both come from the sweep's report (``meshlm compare`` computed them from every run's eval.json);
+    only the variants of the curve are kept.
+    """
     tokens = report["plan"]["steps"] * report["train"]["batch_tokens"]
     row = {"tokens": tokens, "steps": report["plan"]["steps"], "seeds": report["seeds"], "sweep": report["folder"]}
     for name in eval_sets:
-        losses = {v: r[name]["losses"] for v, r in report["variants"].items() if v in variants}
+        rows = {v: r[name] for v, r in report["variants"].items() if v in variants}
         row[name] = {
             "loss": {
-                v: {"mean": statistics.fmean(x), "std": sample_std(x), "n": len(x), "losses": x}
-                for v, x in losses.items()
+                v: {"mean": r["loss_mean"], "std": r["loss_std"], "n": len(r["losses"]), "losses": r["losses"]}
+                for v, r in rows.items()
             },
             "paired": {
-                ref: {
-                    v: interval([a - b for a, b in zip(x, losses[ref], strict=True)])
-                    for v, x in losses.items()
-                    if v != ref
-                }
-                for ref in REFERENCES
-                if ref in losses
+                ref: {v: r["paired"][ref] for v, r in rows.items() if v != ref} for ref in REFERENCES if ref in rows
             },
         }
     return row

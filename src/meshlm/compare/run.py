@@ -35,23 +35,31 @@ def _eval_tokens(shards, limit: int, held_out: bool) -> torch.Tensor:
     return torch.from_numpy(tokens.astype(np.int64))
 
 
-def evaluate_run(sweep: Sweep, run_dir: Path, eval_sets: dict) -> dict:
-    """Held-out loss/PPL of one finished run on every eval set (cached in ``run_dir/eval.json``)."""
+def _load_model(run_dir: Path):
     from transformers import AutoModelForCausalLM
 
+    with quiet_transformers():
+        return AutoModelForCausalLM.from_pretrained(run_dir / "model")
+
+
+def _score(sweep: Sweep, model, eval_sets: dict, num_loops: int | None = None) -> dict:
+    """Loss/PPL of ``model`` on every eval set, in non-overlapping windows of the training length."""
     from meshlm.eval.perplexity import token_perplexity
 
+    device = sweep.train.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    seq = sweep.train.seq_len
+    return {
+        name: token_perplexity(model, tokens, seq, seq, batch_size=16, device=device, num_loops=num_loops)
+        for name, tokens in eval_sets.items()
+    }
+
+
+def evaluate_run(sweep: Sweep, run_dir: Path, eval_sets: dict) -> dict:
+    """Held-out loss/PPL of one finished run on every eval set (cached in ``run_dir/eval.json``)."""
     cached = run_dir / "eval.json"
     if cached.exists():
         return json.loads(cached.read_text())
-    with quiet_transformers():
-        model = AutoModelForCausalLM.from_pretrained(run_dir / "model")
-    device = sweep.train.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    seq = sweep.train.seq_len
-    result = {
-        name: token_perplexity(model, tokens, context=seq, stride=seq, batch_size=16, device=device)
-        for name, tokens in eval_sets.items()
-    }
+    result = _score(sweep, _load_model(run_dir), eval_sets)
     cached.write_text(json.dumps(result, indent=2) + "\n")
     return result
 
@@ -62,27 +70,18 @@ def evaluate_loops(sweep: Sweep, run_dir: Path, eval_sets: dict) -> dict[str, di
     Only recursive (shared-core) runs have a loop count to vary; others give ``{}``. Counts already in
     the cache are not recomputed, so adding counts to a finished sweep evaluates only the new ones.
     """
-    from transformers import AutoModelForCausalLM
-
-    from meshlm.eval.perplexity import token_perplexity
-
     if not sweep.eval_loops:
         return {}
     cached = run_dir / "eval_loops.json"
     done = json.loads(cached.read_text()) if cached.exists() else {}
-    with quiet_transformers():
-        model = AutoModelForCausalLM.from_pretrained(run_dir / "model")
-    if not model.config.parsed_layout.shared:
-        return {}
-    device = sweep.train.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    seq = sweep.train.seq_len
-    for k in sweep.eval_loops:
-        if str(k) not in done:
-            done[str(k)] = {
-                name: token_perplexity(model, tokens, seq, seq, batch_size=16, device=device, num_loops=k)
-                for name, tokens in eval_sets.items()
-            }
-    cached.write_text(json.dumps(done, indent=2) + "\n")
+    missing = [k for k in sweep.eval_loops if str(k) not in done]
+    if missing:  # only a recursive run's counts are ever cached: with none missing, no model to load
+        model = _load_model(run_dir)
+        if not model.config.parsed_layout.shared:
+            return {}
+        for k in missing:
+            done[str(k)] = _score(sweep, model, eval_sets, num_loops=k)
+        cached.write_text(json.dumps(done, indent=2) + "\n")
     return {str(k): done[str(k)] for k in sweep.eval_loops}
 
 

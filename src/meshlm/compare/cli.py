@@ -74,8 +74,6 @@ def sweep_from_args(args) -> Sweep:
 
 def _eval_loops(value) -> list[int]:
     """``--eval-loops 1,2,4`` (or a YAML list) as distinct loop counts >= 1."""
-    from meshlm.eval.cli import parse_int_list
-
     if value is None:
         return []
     text = value if isinstance(value, str) else ",".join(str(v) for v in value)

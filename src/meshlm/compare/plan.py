@@ -80,7 +80,7 @@ class Sweep:
 
     def run_config(self, variant: Variant, seed: int) -> TrainConfig:
         recursive, twin = self.layouts()
-        overrides = {k: v for k, v in variant.overrides.items()}
+        overrides = dict(variant.overrides)
         unknown = set(overrides) - {f.name for f in dataclasses.fields(TrainConfig)}
         if unknown:
             raise MeshLMError(f"variant {variant.name!r} sets unknown option(s) {sorted(unknown)}")

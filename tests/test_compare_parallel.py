@@ -102,6 +102,9 @@ def test_parallel_flag_is_checked(tmp_path):
 
 
 def test_sigterm_to_the_sweep_stops_every_run_with_a_checkpoint(tmp_path):
+    """As GNU `timeout` does it: SIGTERM to the sweep, then to its whole process group (the runs too).
+
+    The second signal used to land while the sweep was stopping its runs and end it in a traceback."""
     import os
     import signal
     import subprocess
@@ -123,14 +126,19 @@ def test_sigterm_to_the_sweep_stops_every_run_with_a_checkpoint(tmp_path):
             filter(None, [str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH")])
         ),
     }
-    proc = subprocess.Popen([sys.executable, "-m", "meshlm.cli", *argv], stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "meshlm.cli", *argv], stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
     logs = [sweep.run_dir(Variant.parse(v), 0) / "log.jsonl" for v in ("base", "mesh")]
     deadline = time.monotonic() + 300
     while not all(p.exists() and p.read_text().strip() for p in logs):
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "slow"
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
+    time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGTERM)
     err = proc.communicate(timeout=300)[1].strip().splitlines()
     assert proc.returncode == 2 and err[-1].startswith("error: interrupted; the runs saved checkpoints"), err
+    assert not any("Traceback" in line for line in err), err
     for log in logs:
         assert list((log.parent / "checkpoints").iterdir())  # each run stopped through its own checkpoint save

@@ -36,6 +36,7 @@ ALLOCATOR_SLACK = 1.25
 # (docs/results/scaling-31m/parallel8-oom.log); compiling in the parent to measure it would cost a minute
 COMPILE_PEAK_FACTOR = 3.4
 POLL_SECONDS = 0.2
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def runs_that_fit(
@@ -160,7 +161,9 @@ def train_parallel(
     """Train ``pending`` runs, ``n`` at a time; ``on_done(variant, seed)`` after each that exits cleanly."""
     queue = list(pending)
     running: dict[subprocess.Popen, tuple[Variant, int, Path]] = {}
-    previous = signal.signal(signal.SIGTERM, _interrupt)  # e.g. `timeout`: stop the runs with checkpoints too
+    # Ctrl-C or SIGTERM (e.g. `timeout`) stops the runs with checkpoints; GNU timeout signals the sweep
+    # twice (itself, then its process group), so the handler ignores every later signal while they stop
+    previous = {sig: signal.signal(sig, _interrupt) for sig in STOP_SIGNALS}
     try:
         while queue or running:
             while queue and len(running) < n:
@@ -182,8 +185,11 @@ def train_parallel(
         _stop(running)
         raise MeshLMError("interrupted; the runs saved checkpoints, run the same command again to continue") from None
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _interrupt(signum, frame) -> None:
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
     raise KeyboardInterrupt

@@ -220,9 +220,10 @@ def test_a_signal_that_stops_one_run_stops_the_whole_sweep(sweep, monkeypatch):
 
 
 def test_a_sequential_sweep_evaluates_each_run_before_the_next_starts(sweep, monkeypatch):
-    """A sweep stopped by a time limit keeps the held-out result of every run it finished."""
-    sweep.variants = sweep.variants[:2]
+    """A sweep stopped by a time limit keeps the held-out results (loop counts too) of every run it finished."""
+    sweep.variants = [Variant.parse(v) for v in ("base", "mesh")]
     sweep.probe_samples = 0
+    sweep.eval_loops = [1, 3]
     real_train = loop.train
     started = []
 
@@ -235,6 +236,8 @@ def test_a_sequential_sweep_evaluates_each_run_before_the_next_starts(sweep, mon
         run_sweep(sweep)
     first, second = (sweep.run_dir(v, 0) for v in sweep.variants)
     assert len(started) == 2
-    assert not (second / "eval.json").exists()
+    assert not (second / "eval.json").exists() and not (second / "eval_loops.json").exists()
     held_out = json.loads((first / "eval.json").read_text())["held-out"]
     assert held_out["tokens"] > 0 and 0 < held_out["loss"] < 20
+    by_loops = json.loads((first / "eval_loops.json").read_text())
+    assert sorted(by_loops) == ["1", "3"] and by_loops["1"]["held-out"]["loss"] != by_loops["3"]["held-out"]["loss"]

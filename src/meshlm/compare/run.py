@@ -144,10 +144,13 @@ def run_sweep(sweep: Sweep) -> dict:
                 pending.append((variant, seed))
 
     def evaluate_finished(variant, seed) -> None:
-        """Evaluate a run as soon as it is done: a sweep stopped later (a time limit, a released
-        machine) keeps the held-out results of every run it finished, and parallel runs get no serial tail."""
-        if _finished(sweep.run_dir(variant, seed), planned["steps"]):
-            evaluate_run(sweep, sweep.run_dir(variant, seed), eval_sets)
+        """Evaluate a run as soon as it is done, at every ``eval_loops`` count too: a sweep stopped later
+        (a time limit, a released machine) keeps the held-out results of every run it finished, and
+        parallel runs get no serial tail."""
+        run_dir = sweep.run_dir(variant, seed)
+        if _finished(run_dir, planned["steps"]):
+            evaluate_run(sweep, run_dir, eval_sets)
+            evaluate_loops(sweep, run_dir, eval_sets)
 
     n = fit_parallel(sweep, pending, tokenizer.vocab_size) if sweep.parallel > 1 else 1
     if n > 1:

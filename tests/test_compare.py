@@ -161,6 +161,16 @@ def test_shipped_sweep_configs_are_valid(path, tmp_path):
     assert len(depths) == 1  # matched compute
 
 
+def test_eval_loops_none_turns_off_the_configs_list(tmp_path):
+    from meshlm.cli import build_parser
+    from meshlm.compare import sweep_from_args
+
+    config = Path(__file__).parents[1] / "configs" / "depth-schemes-31m.yaml"
+    base = ["compare", "--config", str(config), "--data", "x", "--out", str(tmp_path)]
+    assert sweep_from_args(build_parser().parse_args(base)).eval_loops == list(range(1, 9))
+    assert sweep_from_args(build_parser().parse_args([*base, "--eval-loops", "none"])).eval_loops == []
+
+
 def test_plan_matches_compute_on_expected_flops_of_random_depth(sweep):
     sweep.variants = [
         Variant.parse("vanilla"),
@@ -203,6 +213,28 @@ def test_sweep_evaluates_every_loop_count_and_reports_the_curve(sweep, capfd):
     cached = json.loads((sweep.run_dir(Variant.parse("mesh"), 0) / "eval_loops.json").read_text())
     assert sorted(cached) == ["1", "2", "3", "4"]
     assert list(json.loads((sweep.out / "report.json").read_text())["loops_curve"]["mesh"]["held-out"]) == ["3"]
+    for weights in sweep.out.glob("runs/*/model/*.safetensors"):  # brought back from a GPU without weights
+        weights.unlink()
+    sweep.eval_loops = [1, 3]
+    assert run_sweep(sweep)["loops_curve"]["mesh"]["held-out"]["3"]["loss_mean"] == cached["3"]["held-out"]["loss"]
+    sweep.eval_loops = [5]
+    with pytest.raises(MeshLMError, match=r"base-seed0/model has no weights .* --eval-loops none"):
+        run_sweep(sweep)
+
+
+def test_a_run_without_a_shared_core_needs_no_weights_for_loop_counts(sweep, tmp_path):
+    from meshlm import MeshLMConfig
+    from meshlm.compare.run import evaluate_loops
+
+    sweep.eval_loops = [1, 3]
+    for layout, expect_error in (("4", False), ("1+1R2+1", True)):
+        run = tmp_path / layout
+        MeshLMConfig(vocab_size=64, hidden_size=16, num_attention_heads=2, layout=layout).save_pretrained(run / "model")
+        if expect_error:
+            with pytest.raises(MeshLMError, match="has no weights"):
+                evaluate_loops(sweep, run, {})
+        else:
+            assert evaluate_loops(sweep, run, {}) == {}  # vanilla: nothing to loop, nothing loaded
 
 
 def test_a_signal_that_stops_one_run_stops_the_whole_sweep(sweep, monkeypatch):

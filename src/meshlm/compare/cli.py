@@ -73,8 +73,8 @@ def sweep_from_args(args) -> Sweep:
 
 
 def _eval_loops(value) -> list[int]:
-    """``--eval-loops 1,2,4`` (or a YAML list) as distinct loop counts >= 1."""
-    if value is None:
+    """``--eval-loops 1,2,4`` (or a YAML list) as distinct loop counts >= 1; ``none`` drops a config's list."""
+    if value is None or value == "none":
         return []
     text = value if isinstance(value, str) else ",".join(str(v) for v in value)
     counts = parse_int_list(text, "--eval-loops")
@@ -142,7 +142,7 @@ def add_subcommand(subparsers) -> None:
         "--eval-loops",
         metavar="K1,K2,...",
         help="also evaluate every recursive run with its shared core looped K1, K2, ... times "
-        "(loss per loop count in the report), e.g. 1,2,3,4,5,6,7,8 (default: none)",
+        "(loss per loop count in the report), e.g. 1,2,3,4,5,6,7,8; none turns off a config's list (default: none)",
     )
     parser.set_defaults(func=_run_compare)
     scaling = subparsers.add_parser(

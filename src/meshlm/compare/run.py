@@ -38,8 +38,23 @@ def _eval_tokens(shards, limit: int, held_out: bool) -> torch.Tensor:
 def _load_model(run_dir: Path):
     from transformers import AutoModelForCausalLM
 
+    model_dir = run_dir / "model"
+    if not any(model_dir.glob("*.safetensors")):
+        raise MeshLMError(
+            f"{model_dir} has no weights (*.safetensors) to evaluate, and this sweep needs a result its "
+            "eval.json / eval_loops.json do not hold; train that run again (delete its folder), or ask "
+            "only for cached results (e.g. --eval-loops none)"
+        )
     with quiet_transformers():
-        return AutoModelForCausalLM.from_pretrained(run_dir / "model")
+        return AutoModelForCausalLM.from_pretrained(model_dir)
+
+
+def _recursive(run_dir: Path) -> bool:
+    """Whether the run's model has a shared core, from its saved config (no weights needed)."""
+    from meshlm.config import parse_layout
+
+    config = json.loads((run_dir / "model" / "config.json").read_text())
+    return bool(config.get("layout")) and parse_layout(config["layout"]).shared
 
 
 def _score(sweep: Sweep, model, eval_sets: dict, num_loops: int | None = None) -> dict:
@@ -70,15 +85,13 @@ def evaluate_loops(sweep: Sweep, run_dir: Path, eval_sets: dict) -> dict[str, di
     Only recursive (shared-core) runs have a loop count to vary; others give ``{}``. Counts already in
     the cache are not recomputed, so adding counts to a finished sweep evaluates only the new ones.
     """
-    if not sweep.eval_loops:
+    if not sweep.eval_loops or not _recursive(run_dir):
         return {}
     cached = run_dir / "eval_loops.json"
     done = json.loads(cached.read_text()) if cached.exists() else {}
     missing = [k for k in sweep.eval_loops if str(k) not in done]
-    if missing:  # only a recursive run's counts are ever cached: with none missing, no model to load
+    if missing:
         model = _load_model(run_dir)
-        if not model.config.parsed_layout.shared:
-            return {}
         for k in missing:
             done[str(k)] = _score(sweep, model, eval_sets, num_loops=k)
         cached.write_text(json.dumps(done, indent=2) + "\n")

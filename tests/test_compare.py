@@ -237,6 +237,24 @@ def test_a_run_without_a_shared_core_needs_no_weights_for_loop_counts(sweep, tmp
             assert evaluate_loops(sweep, run, {}) == {}  # vanilla: nothing to loop, nothing loaded
 
 
+def test_damaged_result_files_of_a_finished_sweep_give_one_line(sweep):
+    """eval.json cut short by a kill, or a log.jsonl whose last line was cut: a named error, not a traceback."""
+    sweep.variants = sweep.variants[:2]
+    sweep.probe_samples = 0
+    run_sweep(sweep)
+    run = sweep.run_dir(sweep.variants[1], 0)
+    good = (run / "eval.json").read_text()
+    (run / "eval.json").write_text(good[: len(good) // 2])
+    with pytest.raises(MeshLMError, match=r"eval.json is not valid JSON .*delete it and run the same command"):
+        run_sweep(sweep)
+    (run / "eval.json").write_text(good)
+    log = run / "log.jsonl"
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join([*lines[:-1], lines[-1][:10]]) + "\n")
+    with pytest.raises(MeshLMError, match=rf"log.jsonl, line {len(lines)}, is not valid JSON"):
+        run_sweep(sweep)
+
+
 def test_a_signal_that_stops_one_run_stops_the_whole_sweep(sweep, monkeypatch):
     """Ctrl-C / SIGTERM during a sequential sweep: the interrupted run's checkpoint stays, no later run starts."""
     started = []

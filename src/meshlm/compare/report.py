@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import statistics
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 from meshlm.compare.plan import Sweep, log
 from meshlm.compare.stats import LEVEL, fmt_pm, interval, sample_std
 from meshlm.config import parse_layout
+from meshlm.errors import read_jsonl
 
 # the references every variant is paired against, when the sweep has them
 REFERENCES = ("anchor", "vanilla")
@@ -240,7 +240,7 @@ def plot_loss_curves(sweep: Sweep, path: Path) -> Path | None:
         curves = []
         for seed in sweep.seeds:
             log_path = sweep.run_dir(variant, seed) / "log.jsonl"
-            curves.append([json.loads(line) for line in log_path.read_text().splitlines() if line.strip()])
+            curves.append(read_jsonl(log_path))
         n = min(len(c) for c in curves)
         tokens = [curves[0][i]["tokens"] for i in range(n)]
         loss = [statistics.fmean(c[i]["loss"] for c in curves) for i in range(n)]

@@ -13,14 +13,16 @@ from meshlm.compare.plan import Sweep, log, plan
 from meshlm.compare.report import plot_loss_curves, report_markdown, summarize
 from meshlm.data.shards import load_tokens
 from meshlm.data.view import TokenView
-from meshlm.errors import MeshLMError
+from meshlm.errors import MeshLMError, read_json
 from meshlm.train.logging import quiet_transformers
 from meshlm.train.loop import load_run_data
+
+RECOMPUTE = "delete it and run the same command to compute it again"
 
 
 def _finished(run_dir: Path, steps: int) -> bool:
     state = run_dir / "model" / "trainer_state.json"
-    return state.exists() and json.loads(state.read_text()).get("steps") == steps
+    return state.exists() and read_json(state).get("steps") == steps
 
 
 def _eval_tokens(shards, limit: int, held_out: bool) -> torch.Tensor:
@@ -53,7 +55,7 @@ def _recursive(run_dir: Path) -> bool:
     """Whether the run's model has a shared core, from its saved config (no weights needed)."""
     from meshlm.config import parse_layout
 
-    config = json.loads((run_dir / "model" / "config.json").read_text())
+    config = read_json(run_dir / "model" / "config.json")
     return bool(config.get("layout")) and parse_layout(config["layout"]).shared
 
 
@@ -73,7 +75,7 @@ def evaluate_run(sweep: Sweep, run_dir: Path, eval_sets: dict) -> dict:
     """Held-out loss/PPL of one finished run on every eval set (cached in ``run_dir/eval.json``)."""
     cached = run_dir / "eval.json"
     if cached.exists():
-        return json.loads(cached.read_text())
+        return read_json(cached, RECOMPUTE)
     result = _score(sweep, _load_model(run_dir), eval_sets)
     cached.write_text(json.dumps(result, indent=2) + "\n")
     return result
@@ -88,7 +90,7 @@ def evaluate_loops(sweep: Sweep, run_dir: Path, eval_sets: dict) -> dict[str, di
     if not sweep.eval_loops or not _recursive(run_dir):
         return {}
     cached = run_dir / "eval_loops.json"
-    done = json.loads(cached.read_text()) if cached.exists() else {}
+    done = read_json(cached, RECOMPUTE) if cached.exists() else {}
     missing = [k for k in sweep.eval_loops if str(k) not in done]
     if missing:
         model = _load_model(run_dir)

@@ -18,7 +18,7 @@ from pathlib import Path
 from meshlm.compare.plan import log
 from meshlm.compare.report import REFERENCES
 from meshlm.compare.stats import LEVEL, fmt_pm
-from meshlm.errors import MeshLMError
+from meshlm.errors import MeshLMError, read_json
 
 # what must agree between the sweeps of one curve (besides the variants' layouts and schemes)
 RECIPE_KEYS = ("preset", "hidden_size", "num_attention_heads", "intermediate_size", "seq_len")
@@ -29,10 +29,7 @@ def read_sweep(folder: Path) -> dict:
     path = Path(folder) / "report.json"
     if not path.is_file():
         raise MeshLMError(f"{folder} is not a finished sweep (no report.json); run `meshlm compare` to finish it")
-    try:
-        report = json.loads(path.read_text())
-    except ValueError as err:
-        raise MeshLMError(f"{path} is not valid JSON ({err})") from None
+    report = read_json(path)
     if not isinstance(report, dict) or not {"plan", "variants", "seeds", "eval_sets"} <= set(report):
         raise MeshLMError(f"{path} is not a meshlm compare report")
     if "train" not in report:

@@ -66,8 +66,8 @@ HELP = {
     "wandb": "also log the TensorBoard scalars to this Weights & Biases project, from rank 0 (needs pip install "
     "wandb; WANDB_MODE=offline and the other WANDB_* variables are honoured) (default: off)",
     "wandb_run_name": "the W&B run's name (default: the --out folder's name)",
-    "linear_init": "linear scheme's adapter init: identity (starts as base recursion) or random (Huginn's) "
-    "(default: identity)",
+    "linear_init": "linear scheme's adapter init: identity (starts as base recursion) or normal (Huginn's "
+    "random init, N(0, initializer_range)) (default: identity)",
     "diagonal_decay_init": "diagonal scheme's initial per-channel decay a, in (0, 1) (default: 0.5)",
     "train_loops": "loop count per optimizer step: fixed (the layout's K), uniform:MIN-MAX or poisson:MEAN, "
     "drawn from (seed, step) so every rank and a resumed run agree",

@@ -140,10 +140,11 @@ def run_sweep(sweep: Sweep) -> dict:
     tokenizer, shards = load_run_data(sweep.train)
     planned = plan(sweep, (tokenizer, shards))
     sweep.out.mkdir(parents=True, exist_ok=True)
-    log("variant      layout      loops         non-emb params   FLOPs/token   total FLOPs")
+    width = max(12, *(len(name) for name in planned["variants"]))
+    log(f"{'variant':<{width}} layout      loops         non-emb params   FLOPs/token   total FLOPs")
     for name, row in planned["variants"].items():
         log(
-            f"{name:<12} {row['layout']:<11} {row['train_loops']:<13} {row['non_embedding']:>14,}   "
+            f"{name:<{width}} {row['layout']:<11} {row['train_loops']:<13} {row['non_embedding']:>14,}   "
             f"{row['flops_per_token']:.3e}   {row['total_flops']:.3e}"
         )
     eval_sets = {"held-out": _eval_tokens(shards, sweep.eval_tokens, held_out=True)}

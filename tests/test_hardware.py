@@ -54,3 +54,17 @@ def test_a_cpu_run_uses_and_records_the_thread_count(clean_env, tmp_path):
     train(TrainConfig(**tiny_run(tmp_path / "doc.txt", out, tmp_path / "cache", max_steps=2, device="cpu")))
     assert torch.get_num_threads() == wanted
     assert json.loads((out / "run.json").read_text())["cpu_threads"] == wanted
+
+
+def test_resolve_device_picks_the_gpu_only_when_there_is_one_and_checks_names(monkeypatch):
+    from meshlm.train.hardware import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device(None) == resolve_device("") == torch.device("cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(MeshLMError, match="--device gpu0 is not a device torch knows"):
+        resolve_device("gpu0")
+    with pytest.raises(MeshLMError, match="--device cuda:1 asked for CUDA but no GPU is available"):
+        resolve_device("cuda:1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device(None) == torch.device("cuda")

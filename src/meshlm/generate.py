@@ -28,6 +28,7 @@ import torch
 from meshlm.errors import MeshLMError
 from meshlm.eval.cli import check_num_loops, load_model_dir
 from meshlm.eval.scoring import model_max_length, prepare_model
+from meshlm.train.hardware import resolve_device
 
 CACHES = ("dynamic", "static")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -191,7 +192,7 @@ def run_generate(args: argparse.Namespace) -> int:
     if not args.prompt:
         raise MeshLMError("--prompt is empty; give the text to continue")
     model, tokenizer = load_model_dir(args.model_dir, args.trust_remote_code)
-    device = prepare_model(model, args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = prepare_model(model, resolve_device(args.device))
     model.to(dtype=weight_dtype(args.dtype, device))
     input_ids = tokenizer(args.prompt, return_tensors="pt").input_ids
     if input_ids.shape[1] == 0:

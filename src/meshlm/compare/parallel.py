@@ -25,6 +25,7 @@ import torch
 
 from meshlm.compare.plan import Sweep, Variant, log
 from meshlm.errors import MeshLMError
+from meshlm.train.hardware import resolve_device
 from meshlm.train.loop import TrainConfig
 
 GIB = 2**30
@@ -98,7 +99,7 @@ def _measure(cfg: TrainConfig, vocab_size: int, device: torch.device) -> tuple[i
 def fit_parallel(sweep: Sweep, pending: list[tuple[Variant, int]], vocab_size: int) -> int:
     """``sweep.parallel`` lowered to the pending runs and, on CUDA, to what fits in free GPU memory."""
     requested = min(sweep.parallel, len(pending))
-    device = torch.device(sweep.train.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(sweep.train.device)
     if requested <= 1 or device.type != "cuda":
         return max(1, requested)
     variants = {v.name: v for v, _ in pending}.values()

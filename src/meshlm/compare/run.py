@@ -14,6 +14,7 @@ from meshlm.compare.report import plot_loss_curves, report_markdown, summarize
 from meshlm.data.shards import load_tokens
 from meshlm.data.view import TokenView
 from meshlm.errors import MeshLMError, read_json
+from meshlm.train.hardware import resolve_device
 from meshlm.train.logging import quiet_transformers
 from meshlm.train.loop import load_run_data
 
@@ -63,7 +64,7 @@ def _score(sweep: Sweep, model, eval_sets: dict, num_loops: int | None = None) -
     """Loss/PPL of ``model`` on every eval set, in non-overlapping windows of the training length."""
     from meshlm.eval.perplexity import token_perplexity
 
-    device = sweep.train.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(sweep.train.device)
     seq = sweep.train.seq_len
     return {
         name: token_perplexity(model, tokens, seq, seq, batch_size=16, device=device, num_loops=num_loops)

@@ -27,6 +27,7 @@ from meshlm.eval.scoring import check_context, model_max_length, prepare_model
 from meshlm.eval.tables import report_markdown, table1_row
 from meshlm.hub import refuse_foreign_code
 from meshlm.train.checkpoint import check_intact
+from meshlm.train.hardware import resolve_device
 from meshlm.train.logging import quiet_transformers
 
 SHARD_SPLIT = "val"
@@ -268,7 +269,7 @@ def evaluate_model_dir(args: argparse.Namespace) -> dict:
     check_output_options(output_path, log_samples)  # before the model loads
     model_dir = resolve_model_dir(args.model_dir)
     model, tokenizer = load_model_dir(model_dir, args.trust_remote_code)
-    device = prepare_model(model, args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = prepare_model(model, resolve_device(args.device))
     context = model_max_length(model) if args.context is None else args.context
     check_context(model, context)
     stride = args.stride or context

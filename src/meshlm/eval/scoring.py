@@ -23,6 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from meshlm.errors import MeshLMError
+from meshlm.train.hardware import resolve_device
 
 DEFAULT_MAX_LENGTH = 2048
 # config attributes that carry a model's context length, checked in this order (as lm-eval does)
@@ -77,12 +78,7 @@ def prepare_model(model: nn.Module, device: str | torch.device | None) -> torch.
     if device is None:
         param = next(model.parameters(), None)
         return param.device if param is not None else torch.device("cpu")
-    try:
-        target = torch.device(device)
-    except RuntimeError as e:
-        raise MeshLMError(f"unknown device {device!r}; use e.g. cpu, cuda or cuda:1.") from e
-    if target.type == "cuda" and not torch.cuda.is_available():
-        raise MeshLMError(f"device {device!r} asked for but CUDA is not available; use --device cpu.")
+    target = resolve_device(device)
     model.to(target)
     return target
 

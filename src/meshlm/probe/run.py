@@ -44,6 +44,7 @@ from meshlm.probe.aggregate import FORMAT, ProbeAccumulator
 from meshlm.probe.figures import write_figures
 from meshlm.probe.metrics import DEFAULT_SIGMA_FRAC, DEFAULT_SPECTRUM_K
 from meshlm.probe.states import backbone_of, collect_states, probe_layout
+from meshlm.train.hardware import resolve_device
 from meshlm.train.logging import quiet_transformers
 
 PROBE_FILE = "probe.json"
@@ -239,7 +240,7 @@ def probe_dir(
     if split != "val":
         note = f"note: the val split of {data} has fewer than {samples} windows; probing windows of its train split."
         print(note, file=sys.stderr)
-    device = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)
     result = probe_model(model, inputs.split(batch_size), device=device, total=samples, **options)
     result["label"] = label or model_label(result["model"])
     result["model"]["dir"] = str(folder)

@@ -93,3 +93,18 @@ def cpu_threads() -> int:
     cores = min(_physical_cores(), allowed, _cgroup_cpus() or allowed)
     busy = round(_load_of_others() * cores / logical)  # the load's share on the cores this process may use
     return max(1, (cores - busy) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+def resolve_device(name: str | torch.device | None) -> torch.device:
+    """``--device``: the GPU when there is one and none is named, else the named device, checked.
+
+    A name torch does not know, or CUDA asked for on a machine without it, is one clear error."""
+    if name is None or name == "":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise MeshLMError(f"--device {name} is not a device torch knows; give cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MeshLMError(f"--device {name} asked for CUDA but no GPU is available; give --device cpu")
+    return device

@@ -36,7 +36,7 @@ from meshlm.train import checkpoint as ckpt
 from meshlm.train import resume
 from meshlm.train.depth import LoopSchedule
 from meshlm.train.distributed import Dist, setup_distributed, wrap_model
-from meshlm.train.hardware import cpu_threads, measure_bf16_peak
+from meshlm.train.hardware import cpu_threads, measure_bf16_peak, resolve_device
 from meshlm.train.logging import RunLogger, import_wandb, quiet_transformers
 from meshlm.train.optim import build_optimizer, lr_at
 
@@ -193,18 +193,6 @@ def build_model_config(cfg: TrainConfig, vocab_size: int) -> MeshLMConfig:
 
 def _note(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
-
-
-def _resolve_device(name: str | None) -> torch.device:
-    if name:
-        try:
-            device = torch.device(name)
-        except RuntimeError:
-            raise MeshLMError(f"--device {name} is not a device torch knows; give cpu, cuda or cuda:N") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise MeshLMError(f"--device {name} asked for CUDA but no GPU is available")
-        return device
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _batch_shape(cfg: TrainConfig, world: int) -> tuple[int, int, int]:
@@ -367,7 +355,7 @@ def train(cfg: TrainConfig) -> dict:
         import_wandb()  # a missing package fails before any work, on every rank alike
     out = Path(cfg.out)
     dist = setup_distributed(cfg.fsdp)
-    device = _resolve_device(cfg.device) if dist.world == 1 else dist.device
+    device = resolve_device(cfg.device) if dist.world == 1 else dist.device
     if device.type == "cpu":
         torch.set_num_threads(cpu_threads())
     torch.manual_seed(cfg.seed)

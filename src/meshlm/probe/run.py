@@ -76,15 +76,7 @@ def model_label(info: Mapping[str, Any]) -> str:
 
 def _device(device: str | torch.device | None, model: torch.nn.Module) -> torch.device:
     """The device to run on: ``device`` if given and usable, else where the model's weights are."""
-    if device is None:
-        return next(model.parameters()).device
-    try:
-        target = torch.device(device)
-    except RuntimeError:
-        raise MeshLMError(f"unknown device {device!r}; use cpu, cuda or cuda:N.") from None
-    if target.type == "cuda" and not torch.cuda.is_available():
-        raise MeshLMError(f"device {device!r} was asked for but CUDA is not available; use --device cpu.")
-    return target
+    return next(model.parameters()).device if device is None else resolve_device(device)
 
 
 def probe_model(

@@ -96,6 +96,17 @@ def test_resume_refuses_turning_scheme_weight_decay_on(corpus, tmp_path):
     assert summary["steps"] == 4
 
 
+def test_a_weight_decay_changed_on_resume_takes_effect(corpus, tmp_path):
+    """The resume note says the decay changed; the optimizer must use it (the saved state carried the old one)."""
+    out = tmp_path / "run"
+    keep = dict(save_every=1, keep_checkpoints=0)
+    train(tiny(corpus, out, max_steps=4, stop_after=2, scheme_weight_decay=0.0, **keep))
+    train(tiny(corpus, out, max_steps=4, resume=True, weight_decay=0.5, scheme_weight_decay=0.25, **keep))
+    for step, decay in ((2, [0.01, 0.0, 0.0]), (3, [0.5, 0.0, 0.25]), (4, [0.5, 0.0, 0.25])):
+        _, optimizer, _ = ckpt.load_training_state(out / "checkpoints" / f"step-{step:08d}", torch.device("cpu"))
+        assert [group["weight_decay"] for group in optimizer["param_groups"]] == decay
+
+
 def test_tiny_run_learns_and_writes_a_loadable_model(corpus, tmp_path):
     out = tmp_path / "run"
     summary = train(tiny(corpus, out, max_steps=30, eval_every=10, save_every=10, max_position_embeddings=96))

@@ -408,7 +408,10 @@ def train(cfg: TrainConfig) -> dict:
     wrapped = wrap_model(model, dist, compile=cfg.compile, find_unused_parameters=varying)
     optimizer = build_optimizer(wrapped, cfg.lr, cfg.weight_decay, scheme_weight_decay=cfg.scheme_weight_decay)
     if opt_state is not None:
+        decay = [group["weight_decay"] for group in optimizer.param_groups]
         dist.load_optimizer_state(wrapped, optimizer, opt_state)
+        for group, value in zip(optimizer.param_groups, decay, strict=True):  # saved groups carry the old decay
+            group["weight_decay"] = value
         ckpt.set_rng_state(rng)
 
     counts = count(model_cfg, cfg.seq_len)

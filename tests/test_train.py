@@ -90,8 +90,10 @@ def test_scheme_weight_decay_moves_exactly_the_scheme_matrices_to_their_own_deca
 def test_resume_refuses_turning_scheme_weight_decay_on(corpus, tmp_path):
     out = tmp_path / "run"
     train(tiny(corpus, out, max_steps=4, stop_after=2))
-    with pytest.raises(MeshLMError, match=r"trained without; turning it on or off changes the optimizer"):
-        train(tiny(corpus, out, max_steps=4, resume=True, scheme_weight_decay=0.0))
+    message = r"trained without --scheme-weight-decay or --scheme-lr-scale; turning them on or off changes"
+    for option in ({"scheme_weight_decay": 0.0}, {"scheme_lr_scale": 0.1}):
+        with pytest.raises(MeshLMError, match=message):
+            train(tiny(corpus, out, max_steps=4, resume=True, **option))
     summary = train(tiny(corpus, out, max_steps=4, resume=True))
     assert summary["steps"] == 4
 
@@ -105,6 +107,20 @@ def test_a_weight_decay_changed_on_resume_takes_effect(corpus, tmp_path):
     for step, decay in ((2, [0.01, 0.0, 0.0]), (3, [0.5, 0.0, 0.25]), (4, [0.5, 0.0, 0.25])):
         _, optimizer, _ = ckpt.load_training_state(out / "checkpoints" / f"step-{step:08d}", torch.device("cpu"))
         assert [group["weight_decay"] for group in optimizer["param_groups"]] == decay
+
+
+def test_scheme_lr_scale_scales_exactly_the_scheme_matrices_learning_rate(corpus, tmp_path):
+    """The scheme group follows the schedule at 0.1x, every other group at 1x, also after a resume at 0.5x."""
+    out = tmp_path / "run"
+    keep = dict(save_every=1, keep_checkpoints=0, scheme="linear")
+    train(tiny(corpus, out, max_steps=4, stop_after=2, scheme_lr_scale=0.1, **keep))
+    train(tiny(corpus, out, max_steps=4, resume=True, scheme_lr_scale=0.5, **keep))
+    for step, scale in ((1, 0.1), (2, 0.1), (3, 0.5), (4, 0.5)):
+        _, optimizer, _ = ckpt.load_training_state(out / "checkpoints" / f"step-{step:08d}", torch.device("cpu"))
+        decay, no_decay, scheme = optimizer["param_groups"]
+        peak = lr_at(step - 1, 4, 3e-3)
+        assert decay["lr"] == no_decay["lr"] == pytest.approx(peak) and scheme["lr"] == pytest.approx(scale * peak)
+        assert scheme["weight_decay"] == decay["weight_decay"] == 0.01 and len(scheme["params"]) == 1  # the adapter
 
 
 def test_tiny_run_learns_and_writes_a_loadable_model(corpus, tmp_path):

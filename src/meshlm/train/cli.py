@@ -47,6 +47,8 @@ HELP = {
     "weight_decay": "AdamW weight decay of the weight matrices",
     "scheme_weight_decay": "weight decay of the state-passing scheme's matrices (MeSH routers, linear's adapter) "
     "instead of --weight-decay, e.g. 0 to exempt them (default: --weight-decay)",
+    "scheme_lr_scale": "learning rate of the state-passing scheme's matrices as a multiple of --lr, e.g. 0.1 "
+    "(default: 1)",
     "warmup_frac": "share of the steps spent warming up",
     "final_lr_frac": "final learning rate as a share of the peak",
     "grad_clip": "clip the gradient norm to this",

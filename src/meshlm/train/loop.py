@@ -94,6 +94,7 @@ class TrainConfig:
     lr: float = 6e-4
     weight_decay: float = 0.01
     scheme_weight_decay: float | None = None
+    scheme_lr_scale: float | None = None
     warmup_frac: float = 0.01
     final_lr_frac: float = 0.1
     grad_clip: float = 1.0
@@ -166,7 +167,7 @@ _RANGES = {
     **dict.fromkeys(("eval_every", "save_every"), (lambda v: v >= 0, "0 (only at the end) or more")),
     "keep_checkpoints": (lambda v: v >= 0, "0 (keep every checkpoint) or more"),
     "seed": (lambda v: v >= 0, "a non-negative integer"),
-    "lr": (lambda v: 0 < v < math.inf, "a positive finite number"),
+    **dict.fromkeys(("lr", "scheme_lr_scale"), (lambda v: 0 < v < math.inf, "a positive finite number")),
     **dict.fromkeys(
         ("weight_decay", "scheme_weight_decay"), (lambda v: 0 <= v < math.inf, "a non-negative finite number")
     ),
@@ -406,12 +407,18 @@ def train(cfg: TrainConfig) -> dict:
     # a step of fewer loops than K leaves later steps' routers/gates unused (and truncation the prelude of base)
     varying = schedule.is_random or cfg.backprop_loops is not None
     wrapped = wrap_model(model, dist, compile=cfg.compile, find_unused_parameters=varying)
-    optimizer = build_optimizer(wrapped, cfg.lr, cfg.weight_decay, scheme_weight_decay=cfg.scheme_weight_decay)
+    optimizer = build_optimizer(
+        wrapped,
+        cfg.lr,
+        cfg.weight_decay,
+        scheme_weight_decay=cfg.scheme_weight_decay,
+        scheme_lr_scale=cfg.scheme_lr_scale,
+    )
     if opt_state is not None:
-        decay = [group["weight_decay"] for group in optimizer.param_groups]
+        asked = [{k: g[k] for k in ("weight_decay", "lr_scale") if k in g} for g in optimizer.param_groups]
         dist.load_optimizer_state(wrapped, optimizer, opt_state)
-        for group, value in zip(optimizer.param_groups, decay, strict=True):  # saved groups carry the old decay
-            group["weight_decay"] = value
+        for group, values in zip(optimizer.param_groups, asked, strict=True):  # saved groups carry the old values
+            group.update(values)
         ckpt.set_rng_state(rng)
 
     counts = count(model_cfg, cfg.seq_len)
@@ -472,7 +479,7 @@ def train(cfg: TrainConfig) -> dict:
         for step in range(start_step, max_steps):
             lr = lr_at(step, max_steps, cfg.lr, cfg.warmup_frac, cfg.final_lr_frac)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             batches = sampler.batches_for_step(step)
             loops = schedule.loops_at(cfg.seed, step)
             depth = {"num_loops": loops or None, "backprop_loops": cfg.backprop_loops}

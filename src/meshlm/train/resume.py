@@ -40,7 +40,9 @@ SETTING_FLAGS = {
     "num_windows": "--data (its train tokens)",
     "max_steps": "--max-steps/--max-tokens",
 }
-UPDATE_OPTIONS = ("lr", "warmup_frac", "final_lr_frac", "weight_decay", "scheme_weight_decay", "grad_clip")
+UPDATE_OPTIONS = (
+    *("lr", "warmup_frac", "final_lr_frac", "weight_decay", "scheme_weight_decay", "scheme_lr_scale", "grad_clip"),
+)
 
 
 def architecture(config: MeshLMConfig) -> dict:
@@ -73,14 +75,21 @@ def check_model(saved: MeshLMConfig, current: MeshLMConfig, where: Path) -> None
         )
 
 
+SCHEME_GROUP_FLAGS = {"scheme_weight_decay": "--scheme-weight-decay", "scheme_lr_scale": "--scheme-lr-scale"}
+
+
 def check_parameter_groups(saved_train: dict, cfg, path: Path) -> None:
-    """Refuse turning ``scheme_weight_decay`` on or off on resume: it adds or removes an optimizer group."""
-    saved = saved_train.get("scheme_weight_decay")
-    if (saved is None) != (cfg.scheme_weight_decay is None):
-        was = "without" if saved is None else f"with --scheme-weight-decay {saved}"
+    """Refuse giving or dropping the scheme's own optimizer group on resume: it adds or removes a group.
+
+    The group exists when ``--scheme-weight-decay`` or ``--scheme-lr-scale`` is set."""
+    saved = {flag: saved_train.get(key) for key, flag in SCHEME_GROUP_FLAGS.items()}
+    asked = any(getattr(cfg, key) is not None for key in SCHEME_GROUP_FLAGS)
+    if any(v is not None for v in saved.values()) != asked:
+        given = [f"{flag} {v}" for flag, v in saved.items() if v is not None]
+        was = "with " + " and ".join(given) if given else "without " + " or ".join(SCHEME_GROUP_FLAGS.values())
         raise MeshLMError(
-            f"checkpoint {path} was trained {was}; turning it on or off changes the optimizer's parameter "
-            "groups, so the run cannot resume (change its value instead, or start a new run)"
+            f"checkpoint {path} was trained {was}; turning them on or off changes the optimizer's parameter "
+            "groups, so the run cannot resume (change their values instead, or start a new run)"
         )
 
 

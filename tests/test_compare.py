@@ -171,6 +171,18 @@ def test_eval_loops_none_turns_off_the_configs_list(tmp_path):
     assert sweep_from_args(build_parser().parse_args([*base, "--eval-loops", "none"])).eval_loops == []
 
 
+def test_variants_flag_picks_the_configs_own_variants_by_name(tmp_path):
+    from meshlm.cli import build_parser
+    from meshlm.compare import sweep_from_args
+
+    config = Path(__file__).parents[1] / "configs" / "linear-init-cpu.yaml"
+    argv = ["compare", "--config", str(config), "--out", str(tmp_path), "--variants", "linear-slow,base,linear-normal"]
+    slow, base, normal = sweep_from_args(build_parser().parse_args(argv)).variants
+    assert (slow.name, slow.scheme, slow.overrides) == ("linear-slow", "linear", {"scheme_lr_scale": 0.1})
+    assert (base.name, base.scheme, base.overrides) == ("base", "base", {})
+    assert normal.overrides == {"linear_init": "normal"}
+
+
 def test_plan_matches_compute_on_expected_flops_of_random_depth(sweep):
     sweep.variants = [
         Variant.parse("vanilla"),

@@ -26,6 +26,17 @@ def _distinct(items: list, option: str, key=str) -> list:
     return items
 
 
+def _variants(value, configured) -> list[Variant]:
+    """``--variants a,b`` or a YAML list; a name the config defines (a dict variant) means that variant,
+    so ``--variants mesh,linear-slow`` picks a subset of the config's variants by name."""
+    if not isinstance(value, str):
+        return [Variant.parse(v) for v in value]
+    defined = {}
+    if configured is not None and not isinstance(configured, str):
+        defined = {variant.name: variant for variant in map(Variant.parse, configured)}
+    return [defined.get(name) or Variant.parse(name) for name in _split_list(value)]
+
+
 def _seeds(value) -> list[int]:
     """Seeds from ``--seeds 0,1`` or a YAML list: non-negative integers."""
     if isinstance(value, str):
@@ -44,7 +55,8 @@ def sweep_from_args(args) -> Sweep:
     train_cfg = config_from_args(args, loaded)
     if not train_cfg.out:
         raise MeshLMError("give --out DIR for the comparison report")
-    variants = args.variants or extra.get("variants") or "vanilla,base,residual,anchor,anchor*,mesh"
+    configured = extra.get("variants")
+    variants = args.variants or configured or "vanilla,base,residual,anchor,anchor*,mesh"
     seeds = args.seeds or extra.get("seeds") or "0"
     evals = dict(extra.get("evals") or {})
     for item in args.eval or []:
@@ -54,11 +66,7 @@ def sweep_from_args(args) -> Sweep:
         evals[name] = source
     return Sweep(
         train=train_cfg,
-        variants=_distinct(
-            [Variant.parse(v) for v in (_split_list(variants) if isinstance(variants, str) else variants)],
-            "--variants",
-            key=lambda v: v.slug,
-        ),
+        variants=_distinct(_variants(variants, configured), "--variants", key=lambda v: v.slug),
         seeds=_distinct(_seeds(seeds), "--seeds"),
         out=Path(train_cfg.out),
         evals=evals,

@@ -41,7 +41,13 @@ SETTING_FLAGS = {
     "max_steps": "--max-steps/--max-tokens",
 }
 UPDATE_OPTIONS = (
-    *("lr", "warmup_frac", "final_lr_frac", "weight_decay", "scheme_weight_decay", "scheme_lr_scale", "grad_clip"),
+    "lr",
+    "warmup_frac",
+    "final_lr_frac",
+    "weight_decay",
+    "scheme_weight_decay",
+    "scheme_lr_scale",
+    "grad_clip",
 )
 
 

@@ -169,7 +169,7 @@ def add_subcommand(subparsers) -> None:
         choices=CACHES,
         default="dynamic",
         help="KV cache: static is a fixed-size one over which transformers compiles the decode step on CUDA "
-        "(faster for long generations, after a compilation of a minute or more)",
+        "(faster for long generations only, after its compilation: 12-18 s for a tiny model on an H200)",
     )
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument(

@@ -393,3 +393,45 @@ def test_paper_config_is_the_papers_recipe_on_1_to_8_gpus(tmp_path):
         assert loop._batch_shape(cfg, world) == (512, 4, 128 // world)
     vanilla = loop.build_model_config(dataclasses.replace(cfg, layout="24", scheme="base"), 50277)
     assert vanilla.parsed_layout.is_vanilla and vanilla.parsed_layout.unrolled_layers == 24
+
+
+def _fake_compile(shift: float):
+    """``wrap_model`` standing in for ``model.compile()``: a forward hook, which like the compiled call runs
+    under ``model(...)`` but not under ``model.forward(...)``, moves the logits by ``shift`` in eval mode."""
+
+    def wrap(model, dist, compile=False, **_):
+        def hook(module, args, output):
+            if not module.training:
+                output.logits = output.logits + shift * torch.arange(output.logits.shape[-1])
+            return output
+
+        model.register_forward_hook(hook)
+        return model
+
+    return wrap
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.5])
+def test_a_compiled_runs_last_eval_is_checked_against_the_uncompiled_forward(
+    corpus, tmp_path, monkeypatch, capsys, shift
+):
+    """The 250M MeSH seed-2 run's compiled evals drifted from its training; the last eval is scored twice."""
+    monkeypatch.setattr(loop, "wrap_model", _fake_compile(shift))
+    out = tmp_path / "run"
+    train(tiny(corpus, out, max_steps=6, eval_every=4, compile=True))
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    evals = [r for r in records if "val_loss" in r]
+    assert [r["step"] for r in evals] == [4, 6] and "val_loss_eager" not in evals[0]  # the last eval only
+    last = evals[-1]
+    warned = "differs from the uncompiled forward" in capsys.readouterr().err
+    if shift == 0.0:
+        assert last["val_loss_eager"] == last["val_loss"] and not warned
+    else:
+        assert last["val_loss"] - last["val_loss_eager"] > loop.COMPILED_EVAL_TOLERANCE and warned
+        assert json.loads((out / "summary.json").read_text())["final_val_loss"] == last["val_loss"]
+
+
+def test_an_uncompiled_run_scores_its_evals_once(corpus, tmp_path):
+    out = tmp_path / "run"
+    train(tiny(corpus, out, max_steps=4, eval_every=4))
+    assert all("val_loss_eager" not in json.loads(line) for line in (out / "log.jsonl").read_text().splitlines())

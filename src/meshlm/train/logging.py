@@ -119,7 +119,7 @@ class RunLogger:
 
 
 # log.jsonl keys whose dashboard name is not train/<key>: held-out numbers get a group of their own
-SCALAR_NAMES = {"val_loss": "val/loss", "val_ppl": "val/ppl"}
+SCALAR_NAMES = {"val_loss": "val/loss", "val_ppl": "val/ppl", "val_loss_eager": "val/loss_eager"}
 
 
 def scalars(record: dict) -> dict[str, float]:

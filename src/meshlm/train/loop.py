@@ -40,6 +40,12 @@ from meshlm.train.hardware import cpu_threads, measure_bf16_peak, resolve_device
 from meshlm.train.logging import RunLogger, import_wandb, quiet_transformers
 from meshlm.train.optim import build_optimizer, lr_at
 
+# a compiled run's last eval is scored again without the compile; more apart than this (nats) is
+# warned about. bf16 kernels alone differ by about 1e-3; a compiled d=256 MeSH run on an H200 logged
+# val losses up to 0.5 above those of an earlier run of the same seed and batches whose training loss
+# it matched within 0.006 (docs/results/scaling-31m, 250M seed 2)
+COMPILED_EVAL_TOLERANCE = 0.01
+
 # model fields a run may override on top of the preset; all are MeshLMConfig fields
 MODEL_FIELDS = (
     "layout",
@@ -291,26 +297,36 @@ def _all_finite(params, dist: Dist) -> bool:
 
 @torch.no_grad()
 def evaluate(
-    model, batches: list[tuple[torch.Tensor, torch.Tensor]], dist: Dist, device, autocast, stats: SchemeStatistics
+    model,
+    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    dist: Dist,
+    device,
+    autocast,
+    stats: SchemeStatistics | None,
+    forward=None,
 ) -> float:
     """Mean held-out next-token loss; ranks share the batches and all-reduce the sums.
 
     ``stats`` (the scheme's :meth:`~meshlm.model.schemes.StateScheme.statistics`) collects the
-    scheme's internals from the same forwards, so they cost no extra pass.
+    scheme's internals from the same forwards, so they cost no extra pass. ``forward`` replaces
+    ``model(...)`` as the call that scores a batch (``model.forward`` skips a ``model.compile()``).
     """
     model.eval()
+    call = model if forward is None else forward
     total = torch.zeros(2, device=device, dtype=torch.float64)
     for i, (x, y) in enumerate(batches):
         if i % dist.world != dist.rank:
             continue
-        record = stats.new_record()
+        record = stats.new_record() if stats is not None else None
         with autocast():
-            logits = model(x.to(device), use_cache=False, record=record).logits
-        stats.update(record)
+            logits = call(x.to(device), use_cache=False, record=record).logits
+        if stats is not None:
+            stats.update(record)
         total[0] += F.cross_entropy(logits.flatten(0, 1).float(), y.to(device).flatten(), reduction="sum")
         total[1] += y.numel()
     dist.all_reduce(total)
-    stats.all_reduce(dist.all_reduce)
+    if stats is not None:
+        stats.all_reduce(dist.all_reduce)
     model.train()
     return (total[0] / total[1]).item()
 
@@ -542,6 +558,14 @@ def train(cfg: TrainConfig) -> dict:
                     record["val_loss"] = evaluate(wrapped, val, dist, device, autocast, stats)
                     record["val_ppl"] = math.exp(min(record["val_loss"], 50))
                     record.update(stats.result())
+                    if is_last and cfg.compile and not cfg.fsdp:
+                        record["val_loss_eager"] = evaluate(wrapped, val, dist, device, autocast, None, model.forward)
+                        if abs(record["val_loss_eager"] - record["val_loss"]) > COMPILED_EVAL_TOLERANCE:
+                            logger.message(
+                                f"warning: the compiled model's val loss {record['val_loss']:.4f} differs from the "
+                                f"uncompiled forward's {record['val_loss_eager']:.4f} on the same batches and weights; "
+                                "trust the uncompiled one (meshlm eval scores the saved model without compiling)"
+                            )
                 logger.log(record)
                 t_last, tokens_last = time.perf_counter(), tokens_seen
             if save_now:

@@ -183,6 +183,25 @@ def test_variants_flag_picks_the_configs_own_variants_by_name(tmp_path):
     assert normal.overrides == {"linear_init": "normal"}
 
 
+def test_references_flag_and_yaml_key_name_variants_of_the_sweep(tmp_path):
+    from meshlm.cli import build_parser
+    from meshlm.compare import sweep_from_args
+
+    config = Path(__file__).parents[1] / "configs" / "linear-init-cpu.yaml"
+    argv = ["compare", "--config", str(config), "--out", str(tmp_path)]
+    assert sweep_from_args(build_parser().parse_args(argv)).references == ("anchor", "vanilla")
+    chosen = sweep_from_args(build_parser().parse_args([*argv, "--references", "base,linear"]))
+    assert chosen.references == ("base", "linear")
+    yaml_refs = tmp_path / "refs.yaml"
+    yaml_refs.write_text(config.read_text() + "references: [linear-slow]\n")
+    argv_yaml = ["compare", "--config", str(yaml_refs), "--out", str(tmp_path)]
+    assert sweep_from_args(build_parser().parse_args(argv_yaml)).references == ("linear-slow",)
+    with pytest.raises(MeshLMError, match=r"--references names mesh, not a variant of this sweep \(its variants: "):
+        sweep_from_args(build_parser().parse_args([*argv, "--references", "base,mesh"]))
+    with pytest.raises(MeshLMError, match="without repeats"):
+        sweep_from_args(build_parser().parse_args([*argv, "--references", "base,base"]))
+
+
 def test_plan_matches_compute_on_expected_flops_of_random_depth(sweep):
     sweep.variants = [
         Variant.parse("vanilla"),

@@ -33,10 +33,11 @@ PLANNED = {
 }
 
 
-def report_of(losses: dict[str, list[float]], tmp_path) -> tuple[dict, str]:
+def report_of(losses: dict[str, list[float]], tmp_path, **sweep_options) -> tuple[dict, str]:
     """summarize + report_markdown of a sweep whose runs ended at ``losses`` (variant -> one per seed)."""
-    seeds = list(range(len(losses["vanilla"])))
-    sweep = Sweep(TrainConfig(data="d", out=str(tmp_path)), [Variant.parse(v) for v in VARIANTS], seeds, tmp_path)
+    seeds = list(range(len(next(iter(losses.values())))))
+    variants = [Variant.parse(v) for v in losses]
+    sweep = Sweep(TrainConfig(data="d", out=str(tmp_path)), variants, seeds, tmp_path, **sweep_options)
     evals = {
         v: {s: {"held-out": {"loss": loss}} for s, loss in zip(seeds, ls, strict=True)} for v, ls in losses.items()
     }
@@ -70,6 +71,34 @@ def test_one_seed_prints_na_spreads_and_marks_the_gap_closure(tmp_path):
     assert gap_lines == [
         "- held-out: anchor +3.00, mesh +2.00 (one seed: the noise of base - vanilla = +0.0100 is unknown)"
     ]
+
+
+def test_chosen_references_replace_anchor_and_vanilla_in_pairs_and_columns(tmp_path):
+    losses = {"vanilla": [3.0, 3.02], "base": [3.5, 3.51], "anchor": [3.2, 3.23], "mesh": [3.1, 3.11]}
+    summary, report = report_of(losses, tmp_path, references=("base",))
+    assert summary["references"] == ["base"]
+    assert {v: set(r["held-out"]["paired"]) for v, r in summary["variants"].items()} == {
+        "vanilla": {"base"},
+        "base": set(),
+        "anchor": {"base"},
+        "mesh": {"base"},
+    }
+    assert summary["variants"]["mesh"]["held-out"]["paired"]["base"]["values"] == pytest.approx([-0.4, -0.4])
+    assert "held-out Δ vs base" in report and "Δ vs anchor" not in report
+    assert "- held-out: mesh - base = -0.4000, CI [-0.4000, -0.4000]" in report
+    assert summary["gap_noise"] == {"held-out": "significant"}  # base - vanilla still judged, unpaired in the table
+
+
+def test_a_sweep_without_its_references_says_so_and_lists_only_files_it_wrote(tmp_path):
+    losses = {"base": [3.5, 3.51], "mesh": [3.6, 3.58]}
+    summary, report = report_of(losses, tmp_path)
+    assert summary["references"] == [] and summary["variants"]["mesh"]["held-out"]["paired"] == {}
+    assert "- none: no reference (anchor, vanilla) is a variant of this sweep (--references)" in report
+    files = report.splitlines()[-1]
+    assert files.startswith("Files: `report.json`") and "loss_curves.png" not in files and "probe/" not in files
+    summary["figures"] = ["probe/cka.png", "loss_curves.png"]
+    files = report_markdown(summary, Sweep(TrainConfig(data="d", out=str(tmp_path)), [], [0], tmp_path))
+    assert "`loss_curves.png`, `probe/` (diagnostics side by side)" in files.splitlines()[-1]
 
 
 def test_loss_range_leaves_out_the_initial_fall_and_keeps_every_later_point():

@@ -209,6 +209,36 @@ def test_scaling_merges_the_variants_every_budget_trained(sweeps, tmp_path, caps
         assert row["held-out"]["paired"]["anchor"]["mesh"]["mean"] == pytest.approx(statistics.fmean(diffs), abs=1e-12)
 
 
+def test_scaling_pairs_against_the_references_every_sweep_chose(sweeps, tmp_path, capsys):
+    from meshlm.cli import main
+
+    small, large = (sweeps[b].out for b in BUDGETS)
+    report = json.loads((large / "report.json").read_text())
+    report["references"] = ["anchor"]  # e.g. written by compare --references anchor
+    only_anchor = tmp_path / "only-anchor"
+    only_anchor.mkdir()
+    (only_anchor / "report.json").write_text(json.dumps(report))
+    out = tmp_path / "scaling"
+    assert main(["scaling", str(small), str(only_anchor), "--out", str(out)]) == 0
+    capsys.readouterr()
+    data = json.loads((out / "scaling.json").read_text())
+    assert all(set(row["held-out"]["paired"]) == {"anchor"} for row in data["budgets"])
+
+
+def test_scaling_plots_each_variant_against_each_reference_and_each_two_references_once():
+    from meshlm.compare.scaling import _pairs_to_plot
+
+    paired = {"anchor": {"vanilla": 0, "base": 0, "mesh": 0}, "vanilla": {"anchor": 0, "base": 0, "mesh": 0}}
+    assert _pairs_to_plot(paired) == [
+        ("anchor", "base"),
+        ("anchor", "mesh"),
+        ("vanilla", "anchor"),
+        ("vanilla", "base"),
+        ("vanilla", "mesh"),
+    ]
+    assert _pairs_to_plot({"base": {"linear": 0, "linear-slow": 0}}) == [("base", "linear"), ("base", "linear-slow")]
+
+
 def test_scaling_refuses_what_is_not_one_recipe(sweeps, tmp_path, capsys):
     from meshlm.cli import main
 

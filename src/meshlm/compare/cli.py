@@ -11,7 +11,17 @@ from meshlm.compare.run import run_sweep
 from meshlm.errors import MeshLMError
 from meshlm.eval.cli import parse_int_list
 
-COMPARE_KEYS = ("variants", "seeds", "evals", "eval_tokens", "probe_samples", "allow_repeat", "parallel", "eval_loops")
+COMPARE_KEYS = (
+    "variants",
+    "seeds",
+    "evals",
+    "eval_tokens",
+    "probe_samples",
+    "allow_repeat",
+    "parallel",
+    "eval_loops",
+    "references",
+)
 
 
 def _split_list(text: str) -> list[str]:
@@ -64,9 +74,10 @@ def sweep_from_args(args) -> Sweep:
         if not sep or not name or not source:
             raise MeshLMError(f"--eval takes NAME=SOURCE, got {item!r}")
         evals[name] = source
+    chosen = _distinct(_variants(variants, configured), "--variants", key=lambda v: v.slug)
     return Sweep(
         train=train_cfg,
-        variants=_distinct(_variants(variants, configured), "--variants", key=lambda v: v.slug),
+        variants=chosen,
         seeds=_distinct(_seeds(seeds), "--seeds"),
         out=Path(train_cfg.out),
         evals=evals,
@@ -77,7 +88,21 @@ def sweep_from_args(args) -> Sweep:
         allow_repeat=bool(args.allow_repeat or extra.get("allow_repeat", False)),
         parallel=_parallel(args.parallel if args.parallel is not None else extra.get("parallel", 1)),
         eval_loops=_eval_loops(args.eval_loops if args.eval_loops is not None else extra.get("eval_loops")),
+        references=_references(args.references or extra.get("references"), chosen),
     )
+
+
+def _references(value, variants: list[Variant]) -> tuple[str, ...]:
+    """``--references base,linear`` (or a YAML list): variants of this sweep to pair the others against."""
+    if value is None:
+        return Sweep.references
+    names = _distinct(_split_list(value) if isinstance(value, str) else [str(v) for v in value], "--references")
+    known = [v.name for v in variants]
+    if unknown := [name for name in names if name not in known]:
+        raise MeshLMError(
+            f"--references names {', '.join(unknown)}, not a variant of this sweep (its variants: {', '.join(known)})"
+        )
+    return tuple(names)
 
 
 def _eval_loops(value) -> list[int]:
@@ -151,6 +176,12 @@ def add_subcommand(subparsers) -> None:
         metavar="K1,K2,...",
         help="also evaluate every recursive run with its shared core looped K1, K2, ... times "
         "(loss per loop count in the report), e.g. 1,2,3,4,5,6,7,8; none turns off a config's list (default: none)",
+    )
+    parser.add_argument(
+        "--references",
+        metavar="V1,V2",
+        help="variants every other one is paired against in the report, per seed with t intervals "
+        "(default: anchor,vanilla, those the sweep has)",
     )
     parser.set_defaults(func=_run_compare)
     scaling = subparsers.add_parser(

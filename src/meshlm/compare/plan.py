@@ -70,6 +70,8 @@ class Sweep:
     allow_repeat: bool = False
     parallel: int = 1
     eval_loops: list[int] = field(default_factory=list)
+    # the variants every other one is paired against in the report, those the sweep has
+    references: tuple[str, ...] = ("anchor", "vanilla")
 
     def layouts(self) -> tuple[str, str]:
         """(recursive layout, its vanilla twin of equal unrolled depth)."""

@@ -12,7 +12,7 @@ from meshlm.compare.stats import LEVEL, fmt_pm, interval, sample_std
 from meshlm.config import parse_layout
 from meshlm.errors import read_jsonl
 
-# the references every variant is paired against, when the sweep has them
+# the references of a report.json written before sweeps chose theirs (``Sweep.references``)
 REFERENCES = ("anchor", "vanilla")
 # share of training left out of the loss plot's y-range (the initial fall from ln(vocab))
 LOSS_RANGE_SKIP = 0.1
@@ -44,13 +44,11 @@ def summarize(sweep: Sweep, planned: dict, evals: dict, loops: dict | None = Non
                 "losses": losses,
             }
         table[variant.name] = row
+    references = [ref for ref in sweep.references if ref in table]
     for variant in table:
         for name in names:
-            mine = table[variant][name]["losses"]
             table[variant][name]["paired"] = {
-                ref: interval([a - b for a, b in zip(mine, table[ref][name]["losses"], strict=True)])
-                for ref in REFERENCES
-                if ref in table and ref != variant
+                ref: _paired(table, variant, ref, name) for ref in references if ref != variant
             }
     gaps, gap_noise = {}, {}
     if "vanilla" in table and "base" in table:
@@ -58,7 +56,7 @@ def summarize(sweep: Sweep, planned: dict, evals: dict, loops: dict | None = Non
             base, van = table["base"][name]["loss_mean"], table["vanilla"][name]["loss_mean"]
             for variant in table:
                 table[variant][name]["delta_vs_vanilla"] = table[variant][name]["loss_mean"] - van
-            gap_noise[name] = _gap_noise(table["base"][name]["paired"]["vanilla"])
+            gap_noise[name] = _gap_noise(_paired(table, "base", "vanilla", name))
             if gap_noise[name] != "within noise" and abs(base - van) > 1e-12:
                 gaps[name] = {
                     v: (base - table[v][name]["loss_mean"]) / (base - van)
@@ -75,11 +73,18 @@ def summarize(sweep: Sweep, planned: dict, evals: dict, loops: dict | None = Non
         "eval_sets": names,
         "seeds": sweep.seeds,
         "runs": runs,
+        "references": references,
         "variants": table,
         "gap_closure": gaps,
         "gap_noise": gap_noise,
         "loops_curve": _loops_curve(sweep, names, loops or {}),
     }
+
+
+def _paired(table: dict, variant: str, ref: str, name: str) -> dict:
+    """``loss(variant) - loss(ref)`` per seed on eval set ``name``, with its mean and t interval."""
+    mine, theirs = table[variant][name]["losses"], table[ref][name]["losses"]
+    return interval([a - b for a, b in zip(mine, theirs, strict=True)])
 
 
 def _gap_noise(base_minus_vanilla: dict) -> str:
@@ -140,6 +145,7 @@ def report_markdown(summary: dict, sweep: Sweep) -> str:
     """The Table-1-style report: params, FLOPs, held-out loss/PPL (mean ± std), paired deltas, gap closure."""
     plan_ = summary["plan"]
     cfg = sweep.train
+    references = summary["references"]
     lines = [
         "# meshlm comparison",
         "",
@@ -149,7 +155,8 @@ def report_markdown(summary: dict, sweep: Sweep) -> str:
         f"{plan_['train_tokens']:,} training tokens), peak lr {cfg.lr}, seeds {summary['seeds']}; "
         f"every variant saw the same batches in the same order (data order {plan_['data_order']}).",
         "",
-        f"Loss: mean ± sample std over the {len(summary['seeds'])} seed(s). Δ vs anchor / vanilla: mean over seeds "
+        f"Loss: mean ± sample std over the {len(summary['seeds'])} seed(s). Δ vs "
+        f"{' / '.join(references) or 'a reference'}: mean over seeds "
         "of the paired difference `loss(variant) - loss(reference)` on the same seed (negative = variant better) "
         f"± the half-width of its {LEVEL:.0%} t interval (n - 1 degrees of freedom); n/a with one seed.",
         "",
@@ -157,7 +164,7 @@ def report_markdown(summary: dict, sweep: Sweep) -> str:
     sets = summary["eval_sets"]
     header = ["layout", "variant", "train loops", "non-emb params", "vs vanilla", "FLOPs/token", "total FLOPs"]
     for name in sets:
-        header += [f"{name} loss", f"{name} PPL", f"{name} Δ vs anchor", f"{name} Δ vs vanilla"]
+        header += [f"{name} loss", f"{name} PPL", *(f"{name} Δ vs {ref}" for ref in references)]
     lines += ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for variant, row in summary["variants"].items():
         rel = row.get("non_embedding_vs_vanilla")
@@ -175,11 +182,12 @@ def report_markdown(summary: dict, sweep: Sweep) -> str:
             cells += [
                 fmt_pm(r["loss_mean"], r["loss_std"]),
                 f"{r['ppl_mean']:.2f}",
-                _paired_cell(r, "anchor"),
-                _paired_cell(r, "vanilla"),
+                *(_paired_cell(r, ref) for ref in references),
             ]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Paired differences per seed (seeds {summary['seeds']}), with {LEVEL:.0%} intervals:", ""]
+    if not references:
+        lines.append(f"- none: no reference ({', '.join(sweep.references)}) is a variant of this sweep (--references)")
     for name in sets:
         for variant, row in summary["variants"].items():
             for ref, p in row[name]["paired"].items():
@@ -196,7 +204,7 @@ def report_markdown(summary: dict, sweep: Sweep) -> str:
             "",
         ]
         for name, noise in summary["gap_noise"].items():
-            gap = summary["variants"]["base"][name]["paired"]["vanilla"]
+            gap = _paired(summary["variants"], "base", "vanilla", name)
             if noise == "within noise":
                 bounds = f"[{gap['low']:+.4f}, {gap['high']:+.4f}]"
                 lines.append(f"- {name}: none, base and vanilla are within noise (base - vanilla {bounds})")
@@ -204,12 +212,12 @@ def report_markdown(summary: dict, sweep: Sweep) -> str:
                 gaps = ", ".join(f"{v} {g:+.2f}" for v, g in summary["gap_closure"][name].items())
                 caveat = f" (one seed: the noise of base - vanilla = {gap['mean']:+.4f} is unknown)"
                 lines.append(f"- {name}: {gaps}" + (caveat if noise == "one seed" else ""))
-    lines += [
-        "",
-        "Files: `report.json` (every number), `loss_curves.png`, `probe/` (diagnostics side by side), "
-        "`runs/<variant>-seed<k>/` (logs, checkpoints, final model, `eval.json`).",
-    ]
-    return "\n".join(lines) + "\n"
+    figures = summary.get("figures", [])
+    files = ["`report.json` (every number)"]
+    files += ["`loss_curves.png`"] if "loss_curves.png" in figures else []
+    files += ["`probe/` (diagnostics side by side)"] if any(f.startswith("probe/") for f in figures) else []
+    files += ["`runs/<variant>-seed<k>/` (logs, checkpoints, final model, `eval.json`)"]
+    return "\n".join([*lines, "", "Files: " + ", ".join(files) + "."]) + "\n"
 
 
 def loss_range(points: list[tuple[float, float]], skip_frac: float = LOSS_RANGE_SKIP) -> tuple[float, float]:

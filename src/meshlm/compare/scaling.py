@@ -5,9 +5,9 @@ finished) of one recipe: sequence length, tokenizer and model width; only the bu
 The curve covers the variants that every sweep trained (a larger budget may train fewer, e.g.
 only mesh and anchor); a variant name must mean the same layout and scheme in every sweep. Per
 budget: held-out loss per variant (mean and sample std over that sweep's seeds), and the paired
-differences ``variant - anchor`` and ``variant - vanilla`` per seed with their t intervals
-(:mod:`meshlm.compare.stats`). Written as ``scaling.json``, ``scaling.md`` and ``scaling.png``
-(with matplotlib).
+differences ``variant - reference`` per seed with their t intervals (:mod:`meshlm.compare.stats`),
+for the references all the sweeps share (``anchor`` and ``vanilla`` unless ``--references`` chose).
+Written as ``scaling.json``, ``scaling.md`` and ``scaling.png`` (with matplotlib).
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def _check_same_recipe(reports: list[dict]) -> dict:
     return {"variants": variants, **first}
 
 
-def _budget(report: dict, eval_sets: list[str], variants: dict) -> dict:
+def _budget(report: dict, eval_sets: list[str], variants: dict, references: list[str]) -> dict:
     """One budget's row: loss per variant and the paired differences against each reference.
 
     Both come from the sweep's report (``meshlm compare`` computed them from every run's eval.json);
@@ -98,7 +98,7 @@ def _budget(report: dict, eval_sets: list[str], variants: dict) -> dict:
                 for v, r in rows.items()
             },
             "paired": {
-                ref: {v: r["paired"][ref] for v, r in rows.items() if v != ref} for ref in REFERENCES if ref in rows
+                ref: {v: r["paired"][ref] for v, r in rows.items() if v != ref} for ref in references if ref in rows
             },
         }
     return row
@@ -111,7 +111,11 @@ def merge(folders: list[Path]) -> dict:
     reports = [read_sweep(f) for f in folders]
     recipe = _check_same_recipe(reports)
     eval_sets = [s for s in reports[0]["eval_sets"] if all(s in r["eval_sets"] for r in reports)]
-    budgets = sorted((_budget(r, eval_sets, recipe["variants"]) for r in reports), key=lambda b: b["tokens"])
+    chosen = [r.get("references", list(REFERENCES)) for r in reports]
+    references = [ref for ref in chosen[0] if all(ref in c for c in chosen)]
+    budgets = sorted(
+        (_budget(r, eval_sets, recipe["variants"], references) for r in reports), key=lambda b: b["tokens"]
+    )
     return {"recipe": recipe, "eval_sets": eval_sets, "level": LEVEL, "budgets": budgets}
 
 
@@ -154,10 +158,10 @@ def scaling_markdown(summary: dict) -> str:
 
 
 def _pairs_to_plot(paired: dict) -> list[tuple[str, str]]:
-    """mesh-family variants against anchor, and every variant against vanilla."""
-    return [("anchor", v) for v in paired.get("anchor", {}) if v != "vanilla"] + [
-        ("vanilla", v) for v in paired.get("vanilla", {})
-    ]
+    """Every variant against each reference, and each two references once (anchor - vanilla, not also
+    vanilla - anchor): the later reference is the one subtracted."""
+    refs = list(paired)
+    return [(ref, v) for i, ref in enumerate(refs) for v in paired[ref] if v not in refs[i + 1 :]]
 
 
 def plot_scaling(summary: dict, path: Path) -> Path | None:

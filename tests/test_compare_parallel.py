@@ -142,3 +142,43 @@ def test_sigterm_to_the_sweep_stops_every_run_with_a_checkpoint(tmp_path):
     assert not any("Traceback" in line for line in err), err
     for log in logs:
         assert list((log.parent / "checkpoints").iterdir())  # each run stopped through its own checkpoint save
+
+
+class _FakeRun:
+    """A ``subprocess.Popen`` stand-in that exits cleanly on its ``polls``-th poll."""
+
+    pid = 0
+
+    def __init__(self, polls: int):
+        self.polls, self.returncode = polls, None
+
+    def poll(self):
+        self.polls -= 1
+        if self.polls <= 0:
+            self.returncode = 0
+        return self.returncode
+
+
+def test_a_finished_runs_slot_is_refilled_before_the_run_is_evaluated(tmp_path, monkeypatch):
+    """The next run starts (and compiles) while the sweep scores the last one, not after."""
+    from meshlm.compare import parallel
+
+    events = []
+
+    def launch(cfg):
+        events.append(f"launch {Path(cfg.out).name}")
+        return _FakeRun(polls=1 if cfg.scheme == "base" else 3), Path(cfg.out) / "train.log"
+
+    monkeypatch.setattr(parallel, "launch", launch)
+    monkeypatch.setattr(parallel, "POLL_SECONDS", 0)
+    sweep = _sweep(tmp_path, "order", ["base", "mesh", "anchor"], parallel=2)
+    pending = [(v, 0) for v in sweep.variants]
+    parallel.train_parallel(sweep, pending, 2, lambda v, s: events.append(f"evaluate {v.name}-seed{s}"))
+    assert events == [
+        "launch base-seed0",
+        "launch mesh-seed0",
+        "launch anchor-seed0",  # base's slot, refilled before base is evaluated
+        "evaluate base-seed0",
+        "evaluate mesh-seed0",
+        "evaluate anchor-seed0",
+    ]

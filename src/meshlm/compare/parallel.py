@@ -159,28 +159,39 @@ def _stop(running: dict) -> None:
 def train_parallel(
     sweep: Sweep, pending: list[tuple[Variant, int]], n: int, on_done: Callable[[Variant, int], None]
 ) -> None:
-    """Train ``pending`` runs, ``n`` at a time; ``on_done(variant, seed)`` after each that exits cleanly."""
+    """Train ``pending`` runs, ``n`` at a time; ``on_done(variant, seed)`` after each that exits cleanly.
+
+    A finished run's slot is refilled before ``on_done`` evaluates it, so the next run compiles and
+    trains while this process scores the last one. Scoring a d=256 run at 8 loop counts took 30-60 s
+    on an H200, and its slot stood idle for that long (docs/results/depth-31m, second lease).
+    """
     queue = list(pending)
     running: dict[subprocess.Popen, tuple[Variant, int, Path]] = {}
+
+    def refill() -> None:
+        while queue and len(running) < n:
+            variant, seed = queue.pop(0)
+            proc, log_path = launch(sweep.run_config(variant, seed))
+            log(f"[train] {variant.name} seed {seed} -> {log_path.parent} (pid {proc.pid}, log {log_path.name})")
+            running[proc] = (variant, seed, log_path)
+
     # Ctrl-C or SIGTERM (e.g. `timeout`) stops the runs with checkpoints; GNU timeout signals the sweep
     # twice (itself, then its process group), so the handler ignores every later signal while they stop
     previous = {sig: signal.signal(sig, _interrupt) for sig in STOP_SIGNALS}
     try:
-        while queue or running:
-            while queue and len(running) < n:
-                variant, seed = queue.pop(0)
-                proc, log_path = launch(sweep.run_config(variant, seed))
-                log(f"[train] {variant.name} seed {seed} -> {log_path.parent} (pid {proc.pid}, log {log_path.name})")
-                running[proc] = (variant, seed, log_path)
+        refill()
+        while running:
             time.sleep(POLL_SECONDS)
-            for proc in [p for p in running if p.poll() is not None]:
-                variant, seed, log_path = running.pop(proc)
+            finished = [(proc, *running.pop(proc)) for proc in [p for p in running if p.poll() is not None]]
+            for proc, variant, seed, log_path in finished:
                 if proc.returncode != 0:
                     _stop(running)
                     raise MeshLMError(
                         f"run {variant.name} seed {seed} failed: {error_line(log_path)} (log {log_path}); "
                         "the other runs saved checkpoints, run the same command again to continue them"
                     )
+            refill()
+            for _, variant, seed, _ in finished:
                 on_done(variant, seed)
     except KeyboardInterrupt:
         _stop(running)

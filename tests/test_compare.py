@@ -200,6 +200,10 @@ def test_references_flag_and_yaml_key_name_variants_of_the_sweep(tmp_path):
         sweep_from_args(build_parser().parse_args([*argv, "--references", "base,mesh"]))
     with pytest.raises(MeshLMError, match="without repeats"):
         sweep_from_args(build_parser().parse_args([*argv, "--references", "base,base"]))
+    for bad in ("5", "[base, {a: 1}]"):
+        yaml_refs.write_text(config.read_text() + f"references: {bad}\n")
+        with pytest.raises(MeshLMError, match="references takes a comma list or a YAML list of variant names"):
+            sweep_from_args(build_parser().parse_args(argv_yaml))
 
 
 def test_plan_matches_compute_on_expected_flops_of_random_depth(sweep):

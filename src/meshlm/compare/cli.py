@@ -96,7 +96,9 @@ def _references(value, variants: list[Variant]) -> tuple[str, ...]:
     """``--references base,linear`` (or a YAML list): variants of this sweep to pair the others against."""
     if value is None:
         return Sweep.references
-    names = _distinct(_split_list(value) if isinstance(value, str) else [str(v) for v in value], "--references")
+    if not isinstance(value, (str, list)) or not all(isinstance(v, str) for v in value):
+        raise MeshLMError(f"references takes a comma list or a YAML list of variant names, got {value!r}")
+    names = _distinct(_split_list(value) if isinstance(value, str) else list(value), "--references")
     known = [v.name for v in variants]
     if unknown := [name for name in names if name not in known]:
         raise MeshLMError(

@@ -302,7 +302,7 @@ def evaluate(
     dist: Dist,
     device,
     autocast,
-    stats: SchemeStatistics | None,
+    stats: SchemeStatistics,
     forward=None,
 ) -> float:
     """Mean held-out next-token loss; ranks share the batches and all-reduce the sums.
@@ -317,16 +317,14 @@ def evaluate(
     for i, (x, y) in enumerate(batches):
         if i % dist.world != dist.rank:
             continue
-        record = stats.new_record() if stats is not None else None
+        record = stats.new_record()
         with autocast():
             logits = call(x.to(device), use_cache=False, record=record).logits
-        if stats is not None:
-            stats.update(record)
+        stats.update(record)
         total[0] += F.cross_entropy(logits.flatten(0, 1).float(), y.to(device).flatten(), reduction="sum")
         total[1] += y.numel()
     dist.all_reduce(total)
-    if stats is not None:
-        stats.all_reduce(dist.all_reduce)
+    stats.all_reduce(dist.all_reduce)
     model.train()
     return (total[0] / total[1]).item()
 
@@ -559,7 +557,9 @@ def train(cfg: TrainConfig) -> dict:
                     record["val_ppl"] = math.exp(min(record["val_loss"], 50))
                     record.update(stats.result())
                     if is_last and cfg.compile and not cfg.fsdp:
-                        record["val_loss_eager"] = evaluate(wrapped, val, dist, device, autocast, None, model.forward)
+                        record["val_loss_eager"] = evaluate(
+                            wrapped, val, dist, device, autocast, SchemeStatistics(), model.forward
+                        )
                         if abs(record["val_loss_eager"] - record["val_loss"]) > COMPILED_EVAL_TOLERANCE:
                             logger.message(
                                 f"warning: the compiled model's val loss {record['val_loss']:.4f} differs from the "

@@ -26,6 +26,7 @@ def summarize(sweep: Sweep, planned: dict, evals: dict, loops: dict | None = Non
 
     ``paired[ref]`` holds, per seed, ``loss(variant) - loss(ref)`` (same seed = same data order, so the
     pairing removes the data-order noise both share) with its mean and t interval (:func:`interval`).
+    ``base_minus_vanilla`` holds that interval of base against vanilla, which the gap closure is judged by.
     """
     names = list(next(iter(evals.values()))[sweep.seeds[0]].keys())
     vanilla_params = next((planned["variants"][v.name]["non_embedding"] for v in sweep.variants if v.vanilla), None)
@@ -50,13 +51,14 @@ def summarize(sweep: Sweep, planned: dict, evals: dict, loops: dict | None = Non
             table[variant][name]["paired"] = {
                 ref: _paired(table, variant, ref, name) for ref in references if ref != variant
             }
-    gaps, gap_noise = {}, {}
+    gaps, gap_noise, base_gap = {}, {}, {}
     if "vanilla" in table and "base" in table:
         for name in names:
             base, van = table["base"][name]["loss_mean"], table["vanilla"][name]["loss_mean"]
             for variant in table:
                 table[variant][name]["delta_vs_vanilla"] = table[variant][name]["loss_mean"] - van
-            gap_noise[name] = _gap_noise(_paired(table, "base", "vanilla", name))
+            base_gap[name] = _paired(table, "base", "vanilla", name)
+            gap_noise[name] = _gap_noise(base_gap[name])
             if gap_noise[name] != "within noise" and abs(base - van) > 1e-12:
                 gaps[name] = {
                     v: (base - table[v][name]["loss_mean"]) / (base - van)
@@ -77,6 +79,7 @@ def summarize(sweep: Sweep, planned: dict, evals: dict, loops: dict | None = Non
         "variants": table,
         "gap_closure": gaps,
         "gap_noise": gap_noise,
+        "base_minus_vanilla": base_gap,
         "loops_curve": _loops_curve(sweep, names, loops or {}),
     }
 
@@ -204,7 +207,7 @@ def report_markdown(summary: dict, sweep: Sweep) -> str:
             "",
         ]
         for name, noise in summary["gap_noise"].items():
-            gap = _paired(summary["variants"], "base", "vanilla", name)
+            gap = summary["base_minus_vanilla"][name]
             if noise == "within noise":
                 bounds = f"[{gap['low']:+.4f}, {gap['high']:+.4f}]"
                 lines.append(f"- {name}: none, base and vanilla are within noise (base - vanilla {bounds})")

@@ -146,6 +146,22 @@ def test_compare_cli_reads_sweep_yaml(tmp_path, sweep, capsys):
     assert cfg["router_init"] == "fresh_slot"
 
 
+def test_compare_report_only_of_nothing_finished_is_one_error_line(tmp_path, sweep, capsys, monkeypatch):
+    from meshlm.cli import main
+
+    monkeypatch.setattr(loop, "train", lambda cfg: pytest.fail(f"--report-only trained {cfg.out}"))
+    config = tmp_path / "sweep.yaml"
+    config.write_text(
+        f"data: {sweep.train.data}\ntokenizer: bpe:300\nhidden_size: 32\nnum_attention_heads: 4\n"
+        f"layout: 1+1R2+1\nseq_len: 32\nbatch_tokens: 256\nmax_steps: 3\ndevice: cpu\nprogress: false\n"
+        f"tensorboard: false\ncache_dir: {tmp_path / 'cache'}\nvariants: [base, mesh]\nprobe_samples: 0\n"
+    )
+    assert main(["compare", "--config", str(config), "--out", str(tmp_path / "none"), "--report-only"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: --report-only: no run of ") and "Traceback" not in "".join(err)
+    assert not (tmp_path / "none" / "report.md").exists()
+
+
 @pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_sweep_configs_are_valid(path, tmp_path):
     from meshlm.cli import build_parser

@@ -1,7 +1,9 @@
 """A sweep's statistics: t quantiles, paired intervals, and report numbers recomputed from every run's eval.json."""
 
+import dataclasses
 import json
 import math
+import shutil
 import statistics
 
 import pytest
@@ -9,6 +11,8 @@ import pytest
 from conftest import tiny_run
 from meshlm.compare import Sweep, Variant, run_sweep
 from meshlm.compare.stats import fmt_pm, interval, t_cdf, t_quantile
+from meshlm.errors import MeshLMError
+from meshlm.train import loop
 from meshlm.train.loop import TrainConfig
 
 DOCS = [
@@ -150,6 +154,86 @@ def test_report_numbers_match_a_recomputation_from_eval_json(sweeps):
             assert gaps[v] == pytest.approx(expected, abs=1e-9)
             assert f"{v} {expected:+.2f}" in report
     assert "± n/a" not in report and "CI n/a" not in report
+
+
+def _partial_copy(sweeps, tmp_path) -> Sweep:
+    """The larger finished sweep, copied, then vanilla seed 1 deleted and mesh seed 0 left without
+    eval.json or weights (finished elsewhere, its weights not brought back)."""
+    full = sweeps[BUDGETS[-1]]
+    sweep = dataclasses.replace(full, out=tmp_path / "partial")
+    shutil.copytree(full.out, sweep.out)
+    shutil.rmtree(sweep.run_dir(Variant.parse("vanilla"), 1))
+    mesh0 = sweep.run_dir(Variant.parse("mesh"), 0)
+    (mesh0 / "eval.json").unlink()
+    for weights in (mesh0 / "model").glob("*.safetensors"):
+        weights.unlink()
+    return sweep
+
+
+def test_report_only_reports_each_variant_over_the_seeds_it_has(sweeps, tmp_path, monkeypatch):
+    sweep = _partial_copy(sweeps, tmp_path)
+    full = sweeps[BUDGETS[-1]]
+    monkeypatch.setattr(loop, "train", lambda cfg: pytest.fail(f"--report-only trained {cfg.out}"))
+    summary = run_sweep(sweep, report_only=True)
+    assert [(m["variant"], m["seed"], m["reason"]) for m in summary["missing"]] == [
+        ("mesh", 0, "no eval.json and no weights"),
+        ("vanilla", 1, "not trained to its last step"),
+    ]
+    losses = {v: dict(zip(SEEDS, _losses(full, v), strict=True)) for v in VARIANTS}
+    rows = summary["variants"]
+    assert {v: rows[v]["seeds"] for v in VARIANTS} == {"vanilla": [0], "base": [0, 1], "anchor": [0, 1], "mesh": [1]}
+    vanilla = rows["vanilla"]["held-out"]
+    assert vanilla["losses"] == [losses["vanilla"][0]] and vanilla["loss_std"] is None
+    assert rows["base"]["held-out"]["loss_mean"] == pytest.approx(statistics.fmean(losses["base"].values()), abs=1e-12)
+    # each paired difference is over the seeds both runs have
+    for variant, ref, seeds in (("mesh", "anchor", [1]), ("base", "vanilla", [0]), ("base", "anchor", [0, 1])):
+        paired = rows[variant]["held-out"]["paired"][ref]
+        assert paired["seeds"] == seeds
+        assert paired["values"] == pytest.approx([losses[variant][s] - losses[ref][s] for s in seeds], abs=1e-12)
+    assert "vanilla" not in rows["mesh"]["held-out"]["paired"]  # mesh has seed 1 only, vanilla seed 0 only
+    assert summary["gap_noise"] == {"held-out": "one seed"}  # base - vanilla rests on seed 0 alone
+    report = (sweep.out / "report.md").read_text()
+    assert "Not in this report (`--report-only` trains nothing): mesh seed 0 (no eval.json and no weights), " in report
+    assert "over each variant's own seeds (last column)" in report
+    assert any(line.startswith("| 1+1R2+1 | mesh |") and line.endswith("| 1 |") for line in report.splitlines())
+    d = losses["mesh"][1] - losses["anchor"][1]
+    assert f"- held-out: mesh - anchor = {d:+.4f}, CI n/a (seed 1 {d:+.4f})" in report
+    assert json.loads((sweep.out / "report.json").read_text())["runs"]["mesh"] == {"1": "runs/mesh-seed1"}
+
+
+def test_without_report_only_the_missing_runs_are_trained(sweeps, tmp_path, monkeypatch):
+    sweep = _partial_copy(sweeps, tmp_path)
+    trained = []
+    monkeypatch.setattr(loop, "train", lambda cfg: trained.append(cfg.out) or {})
+    with pytest.raises(MeshLMError, match=r"1 run\(s\) stopped before the end .*or --report-only to report"):
+        run_sweep(sweep)  # the stub trains nothing, so the run is still unfinished afterwards
+    assert trained == [str(sweep.run_dir(Variant.parse("vanilla"), 1))]
+
+
+def test_report_only_with_nothing_finished_says_so(sweeps, tmp_path, monkeypatch):
+    sweep = dataclasses.replace(sweeps[BUDGETS[-1]], out=tmp_path / "empty")
+    monkeypatch.setattr(loop, "train", lambda cfg: pytest.fail(f"--report-only trained {cfg.out}"))
+    with pytest.raises(MeshLMError, match=r"no run of .* is finished and evaluable"):
+        run_sweep(sweep, report_only=True)
+
+
+def test_scaling_merges_a_report_of_what_finished(sweeps, tmp_path, monkeypatch, capsys):
+    from meshlm.cli import main
+
+    sweep = _partial_copy(sweeps, tmp_path)
+    monkeypatch.setattr(loop, "train", lambda cfg: pytest.fail(f"--report-only trained {cfg.out}"))
+    run_sweep(sweep, report_only=True)
+    out = tmp_path / "scaling"
+    assert main(["scaling", str(sweeps[BUDGETS[0]].out), str(sweep.out), "--out", str(out)]) == 0
+    capsys.readouterr()
+    small, partial = json.loads((out / "scaling.json").read_text())["budgets"]
+    assert partial["seeds"] == SEEDS and partial["held-out"]["loss"]["mesh"]["n"] == 1
+    assert "mesh" in small["held-out"]["paired"]["vanilla"] and "mesh" not in partial["held-out"]["paired"]["vanilla"]
+    paired_table = (out / "scaling.md").read_text().split("## held-out paired differences")[1]
+    header, _, _, row = paired_table.strip().splitlines()[:4]
+    cells = dict(zip(header.strip("|").split("|"), row.strip("|").split("|"), strict=True))
+    assert cells[" mesh - vanilla "].strip() == "-"
+    assert (out / "scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_scaling_merge_matches_a_recomputation(sweeps, tmp_path, capsys):

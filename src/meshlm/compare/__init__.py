@@ -8,7 +8,8 @@ probe figures side by side. The vanilla twin of a recursive layout has the same 
 so the same FLOPs per token; runs of random depth (``--train-loops``) are matched on their expected
 backbone FLOPs (:mod:`meshlm.compare.plan`), and ``eval_loops`` evaluates every shared-core run at
 several loop counts. Finished runs are skipped and interrupted ones resumed, so an
-interrupted sweep continues where it stopped. A budget that would repeat training data is
+interrupted sweep continues where it stopped; ``report_only`` trains nothing and reports the runs
+that finished, each variant over the seeds it has. A budget that would repeat training data is
 refused unless ``allow_repeat`` is set (a fair comparison stays within one epoch).
 
 Modules by idea: ``plan`` (what a sweep is, matched compute), ``run`` (train, evaluate, probe),

@@ -126,7 +126,7 @@ def _parallel(value) -> int:
 
 def _run_compare(args) -> int:
     sweep = sweep_from_args(args)
-    run_sweep(sweep)
+    run_sweep(sweep, report_only=args.report_only)
     print_report(sweep.out)
     return 0
 
@@ -184,6 +184,13 @@ def add_subcommand(subparsers) -> None:
         metavar="V1,V2",
         help="variants every other one is paired against in the report, per seed with t intervals "
         "(default: anchor,vanilla, those the sweep has)",
+    )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: report the runs of the grid that finished (from their eval.json, or their weights) "
+        "and list the others; e.g. a sweep stopped partway, or run folders gathered from several machines "
+        "(default: off)",
     )
     parser.set_defaults(func=_run_compare)
     scaling = subparsers.add_parser(

@@ -18,9 +18,14 @@ REFERENCES = ("anchor", "vanilla")
 LOSS_RANGE_SKIP = 0.1
 
 
-def summarize(sweep: Sweep, planned: dict, evals: dict, loops: dict | None = None) -> dict:
+def summarize(
+    sweep: Sweep, planned: dict, evals: dict, loops: dict | None = None, missing: list[dict] | None = None
+) -> dict:
     """Per-variant mean and sample std over seeds, paired differences, deltas vs vanilla, gap closures vs base.
 
+    ``evals`` is ``{variant: {seed: {set: result}}}``; a variant may lack seeds of the sweep (a report of
+    what finished, ``missing`` saying what and why) or be absent: each variant's numbers are over the
+    seeds it has (``seeds`` in its row) and each paired difference over the seeds both have.
     ``loops`` (``{variant: {seed: {k: {set: result}}}}``, from ``eval_loops``) adds ``loops_curve``:
     per variant, per eval set, the mean and sample std of the loss at each loop count.
 
@@ -28,15 +33,17 @@ def summarize(sweep: Sweep, planned: dict, evals: dict, loops: dict | None = Non
     pairing removes the data-order noise both share) with its mean and t interval (:func:`interval`).
     ``base_minus_vanilla`` holds that interval of base against vanilla, which the gap closure is judged by.
     """
-    names = list(next(iter(evals.values()))[sweep.seeds[0]].keys())
+    present = [v for v in sweep.variants if evals.get(v.name)]
+    names = list(next(iter(evals[present[0].name].values())).keys())
     vanilla_params = next((planned["variants"][v.name]["non_embedding"] for v in sweep.variants if v.vanilla), None)
     table = {}
-    for variant in sweep.variants:
+    for variant in present:
         row = dict(planned["variants"][variant.name])
         if vanilla_params:
             row["non_embedding_vs_vanilla"] = row["non_embedding"] / vanilla_params - 1
+        row["seeds"] = [s for s in sweep.seeds if s in evals[variant.name]]
         for name in names:
-            losses = [evals[variant.name][seed][name]["loss"] for seed in sweep.seeds]
+            losses = [evals[variant.name][seed][name]["loss"] for seed in row["seeds"]]
             mean = statistics.fmean(losses)
             row[name] = {
                 "loss_mean": mean,
@@ -48,17 +55,18 @@ def summarize(sweep: Sweep, planned: dict, evals: dict, loops: dict | None = Non
     references = [ref for ref in sweep.references if ref in table]
     for variant in table:
         for name in names:
-            table[variant][name]["paired"] = {
-                ref: _paired(table, variant, ref, name) for ref in references if ref != variant
-            }
+            pairs = {ref: _paired(table, variant, ref, name) for ref in references if ref != variant}
+            table[variant][name]["paired"] = {ref: p for ref, p in pairs.items() if p is not None}
     gaps, gap_noise, base_gap = {}, {}, {}
     if "vanilla" in table and "base" in table:
         for name in names:
             base, van = table["base"][name]["loss_mean"], table["vanilla"][name]["loss_mean"]
             for variant in table:
                 table[variant][name]["delta_vs_vanilla"] = table[variant][name]["loss_mean"] - van
-            base_gap[name] = _paired(table, "base", "vanilla", name)
-            gap_noise[name] = _gap_noise(base_gap[name])
+            if (gap := _paired(table, "base", "vanilla", name)) is None:
+                continue  # no seed has both: nothing to judge a gap closure by
+            base_gap[name] = gap
+            gap_noise[name] = _gap_noise(gap)
             if gap_noise[name] != "within noise" and abs(base - van) > 1e-12:
                 gaps[name] = {
                     v: (base - table[v][name]["loss_mean"]) / (base - van)
@@ -66,7 +74,8 @@ def summarize(sweep: Sweep, planned: dict, evals: dict, loops: dict | None = Non
                     if v not in ("base", "vanilla")
                 }
     runs = {
-        v.name: {str(s): str(sweep.run_dir(v, s).relative_to(sweep.out)) for s in sweep.seeds} for v in sweep.variants
+        v.name: {str(s): str(sweep.run_dir(v, s).relative_to(sweep.out)) for s in table[v.name]["seeds"]}
+        for v in present
     }
     train = {k: v for k, v in dataclasses.asdict(sweep.train).items() if k != "extra"}
     return {
@@ -75,19 +84,24 @@ def summarize(sweep: Sweep, planned: dict, evals: dict, loops: dict | None = Non
         "eval_sets": names,
         "seeds": sweep.seeds,
         "runs": runs,
+        "missing": list(missing or []),
         "references": references,
         "variants": table,
         "gap_closure": gaps,
         "gap_noise": gap_noise,
         "base_minus_vanilla": base_gap,
-        "loops_curve": _loops_curve(sweep, names, loops or {}),
+        "loops_curve": _loops_curve(names, loops or {}),
     }
 
 
-def _paired(table: dict, variant: str, ref: str, name: str) -> dict:
-    """``loss(variant) - loss(ref)`` per seed on eval set ``name``, with its mean and t interval."""
-    mine, theirs = table[variant][name]["losses"], table[ref][name]["losses"]
-    return interval([a - b for a, b in zip(mine, theirs, strict=True)])
+def _paired(table: dict, variant: str, ref: str, name: str) -> dict | None:
+    """``loss(variant) - loss(ref)`` on eval set ``name`` per seed both have, with its mean and t interval
+    (``seeds`` says which); ``None`` when they share no seed."""
+    mine, theirs = (dict(zip(table[v]["seeds"], table[v][name]["losses"], strict=True)) for v in (variant, ref))
+    seeds = [s for s in mine if s in theirs]
+    if not seeds:
+        return None
+    return {**interval([mine[s] - theirs[s] for s in seeds]), "seeds": seeds}
 
 
 def _gap_noise(base_minus_vanilla: dict) -> str:
@@ -98,17 +112,17 @@ def _gap_noise(base_minus_vanilla: dict) -> str:
     return "within noise" if base_minus_vanilla["low"] <= 0 <= base_minus_vanilla["high"] else "significant"
 
 
-def _loops_curve(sweep: Sweep, names: list[str], loops: dict) -> dict:
+def _loops_curve(names: list[str], loops: dict) -> dict:
     """``{variant: {set: {k: {loss_mean, loss_std, losses}}}}`` over the variants evaluated at several loop counts."""
     curve = {}
     for variant, by_seed in loops.items():
-        if not all(by_seed.values()):
+        if not by_seed or not all(by_seed.values()):
             continue  # a run without a shared core has no loop count to vary
-        counts = list(by_seed[sweep.seeds[0]])
+        counts = list(next(iter(by_seed.values())))
         curve[variant] = {
             name: {
                 k: {
-                    "loss_mean": statistics.fmean(losses := [by_seed[s][k][name]["loss"] for s in sweep.seeds]),
+                    "loss_mean": statistics.fmean(losses := [by_seed[s][k][name]["loss"] for s in by_seed]),
                     "loss_std": sample_std(losses),
                     "losses": losses,
                 }
@@ -144,6 +158,13 @@ def _paired_cell(row: dict, ref: str) -> str:
     return "-" if paired is None else fmt_pm(paired["mean"], paired["half_width"], signed=True)
 
 
+def _seeds_phrase(summary: dict) -> str:
+    """ "the 2 seed(s)", or, when runs are missing, that each variant's numbers are over its own seeds."""
+    if summary.get("missing"):
+        return "each variant's own seeds (last column); a paired difference is over the seeds both have"
+    return f"the {len(summary['seeds'])} seed(s)"
+
+
 def report_markdown(summary: dict, sweep: Sweep) -> str:
     """The Table-1-style report: params, FLOPs, held-out loss/PPL (mean ± std), paired deltas, gap closure."""
     plan_ = summary["plan"]
@@ -158,16 +179,21 @@ def report_markdown(summary: dict, sweep: Sweep) -> str:
         f"{plan_['train_tokens']:,} training tokens), peak lr {cfg.lr}, seeds {summary['seeds']}; "
         f"every variant saw the same batches in the same order (data order {plan_['data_order']}).",
         "",
-        f"Loss: mean ± sample std over the {len(summary['seeds'])} seed(s). Δ vs "
+        f"Loss: mean ± sample std over {_seeds_phrase(summary)}. Δ vs "
         f"{' / '.join(references) or 'a reference'}: mean over seeds "
         "of the paired difference `loss(variant) - loss(reference)` on the same seed (negative = variant better) "
         f"± the half-width of its {LEVEL:.0%} t interval (n - 1 degrees of freedom); n/a with one seed.",
         "",
     ]
+    missing = summary.get("missing") or []
+    if missing:
+        left_out = ", ".join(f"{m['variant']} seed {m['seed']} ({m['reason']})" for m in missing)
+        lines += [f"Not in this report (`--report-only` trains nothing): {left_out}.", ""]
     sets = summary["eval_sets"]
     header = ["layout", "variant", "train loops", "non-emb params", "vs vanilla", "FLOPs/token", "total FLOPs"]
     for name in sets:
         header += [f"{name} loss", f"{name} PPL", *(f"{name} Δ vs {ref}" for ref in references)]
+    header += ["seeds"] if missing else []
     lines += ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for variant, row in summary["variants"].items():
         rel = row.get("non_embedding_vs_vanilla")
@@ -187,6 +213,7 @@ def report_markdown(summary: dict, sweep: Sweep) -> str:
                 f"{r['ppl_mean']:.2f}",
                 *(_paired_cell(r, ref) for ref in references),
             ]
+        cells += [", ".join(map(str, row["seeds"]))] if missing else []
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Paired differences per seed (seeds {summary['seeds']}), with {LEVEL:.0%} intervals:", ""]
     if not references:
@@ -195,8 +222,8 @@ def report_markdown(summary: dict, sweep: Sweep) -> str:
         for variant, row in summary["variants"].items():
             for ref, p in row[name]["paired"].items():
                 bounds = "n/a" if p["low"] is None else f"[{p['low']:+.4f}, {p['high']:+.4f}]"
-                per_seed = ", ".join(f"{d:+.4f}" for d in p["values"])
-                lines.append(f"- {name}: {variant} - {ref} = {p['mean']:+.4f}, CI {bounds} (per seed: {per_seed})")
+                per_seed = ", ".join(f"seed {s} {d:+.4f}" for s, d in zip(p["seeds"], p["values"], strict=True))
+                lines.append(f"- {name}: {variant} - {ref} = {p['mean']:+.4f}, CI {bounds} ({per_seed})")
     lines += loops_markdown(summary)
     if summary.get("gap_noise"):
         lines += [
@@ -236,22 +263,25 @@ def loss_range(points: list[tuple[float, float]], skip_frac: float = LOSS_RANGE_
     return low - margin, high + margin
 
 
-def plot_loss_curves(sweep: Sweep, path: Path) -> Path | None:
-    """Training loss (mean over seeds) and held-out points of every variant against tokens, one plot."""
+def plot_loss_curves(sweep: Sweep, path: Path, seeds: dict[str, list[int]] | None = None) -> Path | None:
+    """Training loss (mean over seeds) and held-out points of every variant against tokens, one plot.
+
+    ``seeds`` (variant name -> seeds) limits the plot to the runs a report covers; default: the whole grid.
+    """
     try:
         from matplotlib.figure import Figure
         from matplotlib.lines import Line2D
     except ImportError:
         log("note: matplotlib is not installed, no loss_curves.png (pip install 'meshlm[plot]')")
         return None
+    seeds = seeds if seeds is not None else {v.name: sweep.seeds for v in sweep.variants}
     fig = Figure(figsize=(8, 5), dpi=120)
     ax = fig.add_subplot()
     points, handles = [], []
     for variant in sweep.variants:
-        curves = []
-        for seed in sweep.seeds:
-            log_path = sweep.run_dir(variant, seed) / "log.jsonl"
-            curves.append(read_jsonl(log_path))
+        curves = [read_jsonl(sweep.run_dir(variant, seed) / "log.jsonl") for seed in seeds.get(variant.name, [])]
+        if not curves:
+            continue
         n = min(len(c) for c in curves)
         tokens = [curves[0][i]["tokens"] for i in range(n)]
         loss = [statistics.fmean(c[i]["loss"] for c in curves) for i in range(n)]
@@ -266,9 +296,10 @@ def plot_loss_curves(sweep: Sweep, path: Path) -> Path | None:
     ax.legend([*handles, held_out], [*(h.get_label() for h in handles), "held-out loss (first seed)"])
     ax.set_xlabel("training tokens")
     ax.set_ylabel("loss (nats/token)")
-    seeds = f"mean over {len(sweep.seeds)} seeds" if len(sweep.seeds) > 1 else "one seed"
+    counts = {len(s) for s in seeds.values() if s}
+    averaged = "one seed" if counts == {1} else f"mean over {'/'.join(map(str, sorted(counts)))} seeds"
     ax.set_title(
-        f"Training loss (lines, {seeds}) and held-out loss (dots)\n"
+        f"Training loss (lines, {averaged}) and held-out loss (dots)\n"
         f"y-axis fitted to the last {1 - LOSS_RANGE_SKIP:.0%} of training",
         fontsize=11,
     )

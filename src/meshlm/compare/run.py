@@ -101,8 +101,9 @@ def evaluate_loops(sweep: Sweep, run_dir: Path, eval_sets: dict) -> dict[str, di
     return {str(k): done[str(k)] for k in sweep.eval_loops}
 
 
-def probe_variants(sweep: Sweep) -> list[Path]:
-    """Diagnostics of each variant's first-seed model on held-out windows, figures side by side."""
+def probe_variants(sweep: Sweep, seeds: dict[str, list[int]]) -> list[Path]:
+    """Diagnostics of each variant's first-seed model (of ``seeds``, the runs reported) on held-out
+    windows, figures side by side."""
     if sweep.probe_samples < 1:
         return []
     from meshlm.probe.figures import write_figures
@@ -110,7 +111,9 @@ def probe_variants(sweep: Sweep) -> list[Path]:
 
     results = {}
     for variant in sweep.variants:
-        run = sweep.run_dir(variant, sweep.seeds[0])
+        if not seeds.get(variant.name):
+            continue
+        run = sweep.run_dir(variant, seeds[variant.name][0])
         results[variant.name] = probe_dir(
             run / "model",
             sweep.train.data,
@@ -133,8 +136,22 @@ def check_optional_dependencies(sweep: Sweep) -> None:
         )
 
 
-def run_sweep(sweep: Sweep) -> dict:
-    """Train, evaluate, probe and report every variant x seed; skips what is already done."""
+def _unreportable(run_dir: Path, steps: int) -> str | None:
+    """Why a run cannot be reported without training it (``None`` when it can)."""
+    if not _finished(run_dir, steps):
+        return "not trained to its last step"
+    if not (run_dir / "eval.json").exists() and not any((run_dir / "model").glob("*.safetensors")):
+        return "no eval.json and no weights"
+    return None
+
+
+def run_sweep(sweep: Sweep, report_only: bool = False) -> dict:
+    """Train, evaluate, probe and report every variant x seed; skips what is already done.
+
+    ``report_only`` trains nothing: it reports the runs that finished (with their eval.json or weights)
+    and lists the others, so a sweep stopped partway, or run folders gathered from several machines,
+    can be reported as they are.
+    """
     from meshlm.train.loop import train
 
     check_optional_dependencies(sweep)
@@ -152,13 +169,44 @@ def run_sweep(sweep: Sweep) -> dict:
     for name, source in sweep.evals.items():
         extra = load_tokens(source, tokenizer, cache_dir=sweep.train.cache_dir)
         eval_sets[name] = _eval_tokens(extra, sweep.eval_tokens, held_out=False)
+    cells = [(variant, seed) for seed in sweep.seeds for variant in sweep.variants]
+    missing = []
+    if report_only:
+        for variant, seed in cells:
+            if reason := _unreportable(sweep.run_dir(variant, seed), planned["steps"]):
+                missing.append({"variant": variant.name, "seed": seed, "reason": reason})
+                log(f"[left out] {variant.name} seed {seed}: {reason}")
+        if len(missing) == len(cells):
+            raise MeshLMError(f"--report-only: no run of {sweep.out} is finished and evaluable, so there is no report")
+    else:
+        _train_pending(sweep, cells, planned, eval_sets, tokenizer.vocab_size, train)
+    left_out = {(m["variant"], m["seed"]) for m in missing}
+    done = [(v, s) for v, s in cells if (v.name, s) not in left_out]
+    evals, loops = {}, {}
+    for variant, seed in done:
+        run_dir = sweep.run_dir(variant, seed)
+        evals.setdefault(variant.name, {})[seed] = evaluate_run(sweep, run_dir, eval_sets)
+        if sweep.eval_loops:
+            loops.setdefault(variant.name, {})[seed] = evaluate_loops(sweep, run_dir, eval_sets)
+    summary = summarize(sweep, planned, evals, loops, missing)
+    seeds = {name: row["seeds"] for name, row in summary["variants"].items()}
+    figures = probe_variants(sweep, seeds)
+    curves = plot_loss_curves(sweep, sweep.out / "loss_curves.png", seeds)
+    summary["figures"] = [str(p.relative_to(sweep.out)) for p in [*figures, *([curves] if curves else [])]]
+    (sweep.out / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (sweep.out / "report.md").write_text(report_markdown(summary, sweep))
+    return summary
+
+
+def _train_pending(sweep: Sweep, cells: list, planned: dict, eval_sets: dict, vocab_size: int, train) -> None:
+    """Train every run of ``cells`` not finished yet (resuming), evaluating each as soon as it is done;
+    one error line if any is still unfinished afterwards (a signal, a time limit)."""
     pending = []
-    for seed in sweep.seeds:
-        for variant in sweep.variants:
-            if _finished(sweep.run_dir(variant, seed), planned["steps"]):
-                log(f"[skip] {variant.name} seed {seed}: already trained")
-            else:
-                pending.append((variant, seed))
+    for variant, seed in cells:
+        if _finished(sweep.run_dir(variant, seed), planned["steps"]):
+            log(f"[skip] {variant.name} seed {seed}: already trained")
+        else:
+            pending.append((variant, seed))
 
     def evaluate_finished(variant, seed) -> None:
         """Evaluate a run as soon as it is done, at every ``eval_loops`` count too: a sweep stopped later
@@ -169,7 +217,7 @@ def run_sweep(sweep: Sweep) -> dict:
             evaluate_run(sweep, run_dir, eval_sets)
             evaluate_loops(sweep, run_dir, eval_sets)
 
-    n = fit_parallel(sweep, pending, tokenizer.vocab_size) if sweep.parallel > 1 else 1
+    n = fit_parallel(sweep, pending, vocab_size) if sweep.parallel > 1 else 1
     if n > 1:
         train_parallel(sweep, pending, n, evaluate_finished)
     else:
@@ -178,29 +226,9 @@ def run_sweep(sweep: Sweep) -> dict:
             if train(sweep.run_config(variant, seed)).get("interrupted_by_signal"):
                 break  # Ctrl-C / SIGTERM stops the sweep, not just this run; the unfinished check below says so
             evaluate_finished(variant, seed)
-    unfinished = [
-        str(sweep.run_dir(v, s))
-        for s in sweep.seeds
-        for v in sweep.variants
-        if not _finished(sweep.run_dir(v, s), planned["steps"])
-    ]
+    unfinished = [str(sweep.run_dir(v, s)) for v, s in cells if not _finished(sweep.run_dir(v, s), planned["steps"])]
     if unfinished:
         raise MeshLMError(
             f"{len(unfinished)} run(s) stopped before the end ({', '.join(unfinished)}); "
-            "run the same command again to continue them"
+            "run the same command again to continue them (or --report-only to report those that finished)"
         )
-    evals = {
-        v.name: {s: evaluate_run(sweep, sweep.run_dir(v, s), eval_sets) for s in sweep.seeds} for v in sweep.variants
-    }
-    loops = {
-        v.name: {s: evaluate_loops(sweep, sweep.run_dir(v, s), eval_sets) for s in sweep.seeds}
-        for v in sweep.variants
-        if sweep.eval_loops
-    }
-    summary = summarize(sweep, planned, evals, loops)
-    figures = probe_variants(sweep)
-    curves = plot_loss_curves(sweep, sweep.out / "loss_curves.png")
-    summary["figures"] = [str(p.relative_to(sweep.out)) for p in [*figures, *([curves] if curves else [])]]
-    (sweep.out / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (sweep.out / "report.md").write_text(report_markdown(summary, sweep))
-    return summary

@@ -1,7 +1,8 @@
 """``meshlm scaling``: several finished sweeps of one recipe at different token budgets, merged into one curve.
 
-Every sweep folder must hold a ``report.json`` written by ``meshlm compare`` (so all its runs
-finished) of one recipe: sequence length, tokenizer and model width; only the budget may differ.
+Every sweep folder must hold a ``report.json`` written by ``meshlm compare`` (all its runs finished,
+or ``--report-only`` reported those that did) of one recipe: sequence length, tokenizer and model
+width; only the budget may differ.
 The curve covers the variants that every sweep trained (a larger budget may train fewer, e.g.
 only mesh and anchor); a variant name must mean the same layout and scheme in every sweep. Per
 budget: held-out loss per variant (mean and sample std over that sweep's seeds), and the paired
@@ -89,7 +90,10 @@ def _budget(report: dict, eval_sets: list[str], variants: dict, references: list
     only the variants of the curve are kept.
     """
     tokens = report["plan"]["steps"] * report["train"]["batch_tokens"]
-    row = {"tokens": tokens, "steps": report["plan"]["steps"], "seeds": report["seeds"], "sweep": report["folder"]}
+    # a report of what finished (--report-only) may miss seeds of some variants: count those the curve has
+    has = {s for v in variants for s in report["variants"][v].get("seeds", report["seeds"])}
+    seeds = [s for s in report["seeds"] if s in has]
+    row = {"tokens": tokens, "steps": report["plan"]["steps"], "seeds": seeds, "sweep": report["folder"]}
     for name in eval_sets:
         rows = {v: r[name] for v, r in report["variants"].items() if v in variants}
         row[name] = {
@@ -98,7 +102,9 @@ def _budget(report: dict, eval_sets: list[str], variants: dict, references: list
                 for v, r in rows.items()
             },
             "paired": {
-                ref: {v: r["paired"][ref] for v, r in rows.items() if v != ref} for ref in references if ref in rows
+                ref: {v: r["paired"][ref] for v, r in rows.items() if ref in r["paired"]}
+                for ref in references
+                if ref in rows
             },
         }
     return row
@@ -138,7 +144,7 @@ def scaling_markdown(summary: dict) -> str:
             cells = [f"{b['tokens']:,}", str(b["steps"]), str(len(b["seeds"]))]
             cells += [fmt_pm(b[name]["loss"][v]["mean"], b[name]["loss"][v]["std"]) for v in variants]
             lines.append("| " + " | ".join(cells) + " |")
-        pairs = [(ref, v) for ref, per in summary["budgets"][0][name]["paired"].items() for v in per]
+        pairs = [(ref, v) for ref, per in _all_pairs(summary, name).items() for v in per]
         header = ["tokens", *(f"{v} - {ref}" for ref, v in pairs)]
         lines += [
             "",
@@ -150,11 +156,21 @@ def scaling_markdown(summary: dict) -> str:
         for b in summary["budgets"]:
             cells = [f"{b['tokens']:,}"]
             for ref, v in pairs:
-                p = b[name]["paired"][ref][v]
-                cells.append(fmt_pm(p["mean"], p["half_width"], signed=True))
+                p = b[name]["paired"].get(ref, {}).get(v)
+                cells.append("-" if p is None else fmt_pm(p["mean"], p["half_width"], signed=True))
             lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Sweeps: " + ", ".join(f"`{b['sweep']}`" for b in summary["budgets"]) + "."]
     return "\n".join(lines) + "\n"
+
+
+def _all_pairs(summary: dict, name: str) -> dict[str, dict[str, None]]:
+    """``{reference: {variant: None}}``: every pair any budget has on eval set ``name`` (a budget reported
+    from what finished may lack one), in order of first appearance."""
+    pairs: dict[str, dict[str, None]] = {}
+    for budget in summary["budgets"]:
+        for ref, per in budget[name]["paired"].items():
+            pairs.setdefault(ref, {}).update(dict.fromkeys(per))
+    return pairs
 
 
 def _pairs_to_plot(paired: dict) -> list[tuple[str, str]]:
@@ -180,13 +196,19 @@ def plot_scaling(summary: dict, path: Path) -> Path | None:
             means = [b[name]["loss"][v]["mean"] for b in summary["budgets"]]
             stds = [b[name]["loss"][v]["std"] or 0.0 for b in summary["budgets"]]
             left.errorbar(tokens, means, yerr=stds, marker="o", capsize=3, label=v)
-        pairs = _pairs_to_plot(summary["budgets"][0][name]["paired"])
+        pairs = _pairs_to_plot(_all_pairs(summary, name))
         for i, (ref, v) in enumerate(pairs):
-            points = [b[name]["paired"][ref][v] for b in summary["budgets"]]
-            halves = [p["half_width"] or 0.0 for p in points]
-            shifted = [t * 1.03 ** (i - (len(pairs) - 1) / 2) for t in tokens]  # side by side, not on top
-            means = [p["mean"] for p in points]
-            right.errorbar(shifted, means, yerr=halves, marker="o", capsize=3, label=f"{v} - {ref}")
+            found = [(b["tokens"], b[name]["paired"].get(ref, {}).get(v)) for b in summary["budgets"]]
+            points = [(t, p) for t, p in found if p is not None]
+            shift = 1.03 ** (i - (len(pairs) - 1) / 2)  # side by side, not on top
+            right.errorbar(
+                [t * shift for t, _ in points],
+                [p["mean"] for _, p in points],
+                yerr=[p["half_width"] or 0.0 for _, p in points],
+                marker="o",
+                capsize=3,
+                label=f"{v} - {ref}",
+            )
         right.axhline(0.0, color="black", linewidth=0.8)
         left.set_title(f"{name} loss (mean ± std over seeds)")
         right.set_title(f"{name}: paired differences ({summary['level']:.0%} t intervals)")

@@ -163,6 +163,7 @@ def _partial_copy(sweeps, tmp_path) -> Sweep:
     sweep = dataclasses.replace(full, out=tmp_path / "partial")
     shutil.copytree(full.out, sweep.out)
     shutil.rmtree(sweep.run_dir(Variant.parse("vanilla"), 1))
+    (sweep.run_dir(Variant.parse("base"), 1) / "model" / "trainer_state.json").unlink()  # e.g. stopped mid-run
     mesh0 = sweep.run_dir(Variant.parse("mesh"), 0)
     (mesh0 / "eval.json").unlink()
     for weights in (mesh0 / "model").glob("*.safetensors"):
@@ -177,16 +178,18 @@ def test_report_only_reports_each_variant_over_the_seeds_it_has(sweeps, tmp_path
     summary = run_sweep(sweep, report_only=True)
     assert [(m["variant"], m["seed"], m["reason"]) for m in summary["missing"]] == [
         ("mesh", 0, "no eval.json and no weights"),
-        ("vanilla", 1, "not trained to its last step"),
+        ("vanilla", 1, "no run folder"),
+        ("base", 1, "no finished model (model/trainer_state.json at the last step)"),
     ]
     losses = {v: dict(zip(SEEDS, _losses(full, v), strict=True)) for v in VARIANTS}
     rows = summary["variants"]
-    assert {v: rows[v]["seeds"] for v in VARIANTS} == {"vanilla": [0], "base": [0, 1], "anchor": [0, 1], "mesh": [1]}
+    assert {v: rows[v]["seeds"] for v in VARIANTS} == {"vanilla": [0], "base": [0], "anchor": [0, 1], "mesh": [1]}
     vanilla = rows["vanilla"]["held-out"]
     assert vanilla["losses"] == [losses["vanilla"][0]] and vanilla["loss_std"] is None
-    assert rows["base"]["held-out"]["loss_mean"] == pytest.approx(statistics.fmean(losses["base"].values()), abs=1e-12)
+    assert rows["anchor"]["held-out"]["loss_mean"] == pytest.approx(statistics.fmean(losses["anchor"].values()))
     # each paired difference is over the seeds both runs have
-    for variant, ref, seeds in (("mesh", "anchor", [1]), ("base", "vanilla", [0]), ("base", "anchor", [0, 1])):
+    pairs = (("mesh", "anchor", [1]), ("base", "vanilla", [0]), ("anchor", "vanilla", [0]), ("base", "anchor", [0]))
+    for variant, ref, seeds in pairs:
         paired = rows[variant]["held-out"]["paired"][ref]
         assert paired["seeds"] == seeds
         assert paired["values"] == pytest.approx([losses[variant][s] - losses[ref][s] for s in seeds], abs=1e-12)
@@ -205,9 +208,9 @@ def test_without_report_only_the_missing_runs_are_trained(sweeps, tmp_path, monk
     sweep = _partial_copy(sweeps, tmp_path)
     trained = []
     monkeypatch.setattr(loop, "train", lambda cfg: trained.append(cfg.out) or {})
-    with pytest.raises(MeshLMError, match=r"1 run\(s\) stopped before the end .*or --report-only to report"):
+    with pytest.raises(MeshLMError, match=r"2 run\(s\) stopped before the end .*or --report-only to report"):
         run_sweep(sweep)  # the stub trains nothing, so the run is still unfinished afterwards
-    assert trained == [str(sweep.run_dir(Variant.parse("vanilla"), 1))]
+    assert trained == [str(sweep.run_dir(Variant.parse(v), 1)) for v in ("vanilla", "base")]
 
 
 def test_report_only_with_nothing_finished_says_so(sweeps, tmp_path, monkeypatch):

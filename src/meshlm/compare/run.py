@@ -138,8 +138,10 @@ def check_optional_dependencies(sweep: Sweep) -> None:
 
 def _unreportable(run_dir: Path, steps: int) -> str | None:
     """Why a run cannot be reported without training it (``None`` when it can)."""
+    if not run_dir.is_dir():
+        return "no run folder"
     if not _finished(run_dir, steps):
-        return "not trained to its last step"
+        return "no finished model (model/trainer_state.json at the last step)"
     if not (run_dir / "eval.json").exists() and not any((run_dir / "model").glob("*.safetensors")):
         return "no eval.json and no weights"
     return None

@@ -73,6 +73,12 @@ def test_one_seed_prints_na_spreads_and_marks_the_gap_closure(tmp_path):
     ]
 
 
+def test_a_sweep_of_base_and_vanilla_alone_prints_no_empty_gap_closure(tmp_path):
+    summary, report = report_of({"vanilla": [3.0], "base": [3.5]}, tmp_path)
+    assert summary["base_minus_vanilla"]["held-out"]["mean"] == pytest.approx(0.5)
+    assert "Gap closure" not in report and "- held-out:  (" not in report
+
+
 def test_chosen_references_replace_anchor_and_vanilla_in_pairs_and_columns(tmp_path):
     losses = {"vanilla": [3.0, 3.02], "base": [3.5, 3.51], "anchor": [3.2, 3.23], "mesh": [3.1, 3.11]}
     summary, report = report_of(losses, tmp_path, references=("base",))

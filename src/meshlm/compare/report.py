@@ -225,7 +225,7 @@ def report_markdown(summary: dict, sweep: Sweep) -> str:
                 per_seed = ", ".join(f"seed {s} {d:+.4f}" for s, d in zip(p["seeds"], p["values"], strict=True))
                 lines.append(f"- {name}: {variant} - {ref} = {p['mean']:+.4f}, CI {bounds} ({per_seed})")
     lines += loops_markdown(summary)
-    if summary.get("gap_noise"):
+    if summary.get("gap_noise") and set(summary["variants"]) - {"base", "vanilla"}:
         lines += [
             "",
             "Gap closure `(base - variant) / (base - vanilla)` of mean held-out loss "

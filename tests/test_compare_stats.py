@@ -198,6 +198,7 @@ def test_report_only_reports_each_variant_over_the_seeds_it_has(sweeps, tmp_path
     report = (sweep.out / "report.md").read_text()
     assert "Not in this report (`--report-only` trains nothing): mesh seed 0 (no eval.json and no weights), " in report
     assert "over each variant's own seeds (last column)" in report
+    assert "each mean over its variant's own seeds (so seed noise is not paired out):" in report
     assert any(line.startswith("| 1+1R2+1 | mesh |") and line.endswith("| 1 |") for line in report.splitlines())
     d = losses["mesh"][1] - losses["anchor"][1]
     assert f"- held-out: mesh - anchor = {d:+.4f}, CI n/a (seed 1 {d:+.4f})" in report
@@ -232,6 +233,10 @@ def test_scaling_merges_a_report_of_what_finished(sweeps, tmp_path, monkeypatch,
     small, partial = json.loads((out / "scaling.json").read_text())["budgets"]
     assert partial["seeds"] == SEEDS and partial["held-out"]["loss"]["mesh"]["n"] == 1
     assert "mesh" in small["held-out"]["paired"]["vanilla"] and "mesh" not in partial["held-out"]["paired"]["vanilla"]
+    loss_table = (out / "scaling.md").read_text().split("## held-out loss")[1].split("##")[0]
+    (row,) = [x for x in loss_table.splitlines() if x.startswith(f"| {BUDGETS[-1]:,} |")]
+    mesh = partial["held-out"]["loss"]["mesh"]
+    assert "| 0, 1 | " in row and f"| {mesh['mean']:.4f} ± n/a (seeds 1) |" in row
     paired_table = (out / "scaling.md").read_text().split("## held-out paired differences")[1]
     header, _, _, row = paired_table.strip().splitlines()[:4]
     cells = dict(zip(header.strip("|").split("|"), row.strip("|").split("|"), strict=True))

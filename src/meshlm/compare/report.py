@@ -230,7 +230,8 @@ def report_markdown(summary: dict, sweep: Sweep) -> str:
             "",
             "Gap closure `(base - variant) / (base - vanilla)` of mean held-out loss "
             "(1 = reaches vanilla, 0 = no better than base), where the base-vanilla gap is larger than "
-            f"the noise (its paired {LEVEL:.0%} interval excludes 0):",
+            f"the noise (its paired {LEVEL:.0%} interval excludes 0)"
+            + (", each mean over its variant's own seeds (so seed noise is not paired out):" if missing else ":"),
             "",
         ]
         for name, noise in summary["gap_noise"].items():

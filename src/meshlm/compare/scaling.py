@@ -98,7 +98,13 @@ def _budget(report: dict, eval_sets: list[str], variants: dict, references: list
         rows = {v: r[name] for v, r in report["variants"].items() if v in variants}
         row[name] = {
             "loss": {
-                v: {"mean": r["loss_mean"], "std": r["loss_std"], "n": len(r["losses"]), "losses": r["losses"]}
+                v: {
+                    "mean": r["loss_mean"],
+                    "std": r["loss_std"],
+                    "n": len(r["losses"]),
+                    "losses": r["losses"],
+                    "seeds": report["variants"][v].get("seeds", report["seeds"]),
+                }
                 for v, r in rows.items()
             },
             "paired": {
@@ -133,16 +139,17 @@ def scaling_markdown(summary: dict) -> str:
         "# meshlm scaling",
         "",
         f"Variants {layouts}; seq len {summary['recipe']['seq_len']}, tokenizer `{summary['recipe']['tokenizer']}`. "
-        "Loss: mean ± sample std over each budget's seeds. Differences: mean over seeds of the paired "
-        "`loss(variant) - loss(reference)` on the same seed (negative = variant better) ± the half-width of its "
+        "Loss: mean ± sample std over each budget's seeds (a variant's own, where named). "
+        "Differences: mean over seeds of the paired `loss(variant) - loss(reference)` on the same seed "
+        "(negative = variant better) ± the half-width of its "
         f"{summary['level']:.0%} t interval; n/a with one seed.",
     ]
     for name in summary["eval_sets"]:
         header = ["tokens", "steps", "seeds", *variants]
         lines += ["", f"## {name} loss", "", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
         for b in summary["budgets"]:
-            cells = [f"{b['tokens']:,}", str(b["steps"]), str(len(b["seeds"]))]
-            cells += [fmt_pm(b[name]["loss"][v]["mean"], b[name]["loss"][v]["std"]) for v in variants]
+            cells = [f"{b['tokens']:,}", str(b["steps"]), ", ".join(map(str, b["seeds"]))]
+            cells += [_loss_cell(b[name]["loss"][v], b["seeds"]) for v in variants]
             lines.append("| " + " | ".join(cells) + " |")
         pairs = [(ref, v) for ref, per in _all_pairs(summary, name).items() for v in per]
         header = ["tokens", *(f"{v} - {ref}" for ref, v in pairs)]
@@ -161,6 +168,12 @@ def scaling_markdown(summary: dict) -> str:
             lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Sweeps: " + ", ".join(f"`{b['sweep']}`" for b in summary["budgets"]) + "."]
     return "\n".join(lines) + "\n"
+
+
+def _loss_cell(loss: dict, seeds: list[int]) -> str:
+    """``mean ± std``, naming the variant's seeds when it lacks some of its budget's (a --report-only sweep)."""
+    cell = fmt_pm(loss["mean"], loss["std"])
+    return cell if loss["seeds"] == seeds else f"{cell} (seeds {', '.join(map(str, loss['seeds']))})"
 
 
 def _all_pairs(summary: dict, name: str) -> dict[str, dict[str, None]]:

@@ -1,9 +1,12 @@
-"""Mesh - anchor in the training logs' val loss, per seed and step, with the paired 95% t interval.
+"""Mesh - anchor in the training logs' val loss, per seed and step, with the paired 95% t interval;
+then every variant's val loss at the last step and its paired differences against anchor and vanilla.
 
-Reads the ``log.jsonl`` of every ``mesh-seedN`` / ``anchor-seedN`` pair under the run folders
-given (default: the 250M sweeps here). The val loss is the training loop's: 20 batches of 32 x 1024
-tokens from the corpus's val split, the same windows at every eval. Mid-run points are not the end
-of a shorter budget (the learning rate has not decayed yet); only the last column is a result.
+Reads the ``log.jsonl`` of every ``<variant>-seedN`` run under the run folders given (default: the
+250M sweeps here); a run in a later folder replaces one of the same name in an earlier one, so
+``s31-250M-s12``'s mesh seed 2 (stopped at step 5,080) replaces the eighth session's, whose
+in-training val loss is not trusted (README). The val loss is the training loop's: 20 batches of
+32 x 1024 tokens from the corpus's val split, the same windows at every eval. Mid-run points are
+not the end of a shorter budget (the learning rate has not decayed yet); only the last row is a result.
 
     python docs/results/scaling-31m/val_gaps.py
 """
@@ -25,12 +28,34 @@ def val_losses(run: Path) -> dict[int, float]:
 
 
 def main(folders: list[Path]) -> None:
-    runs = {
-        p.name: val_losses(p)
-        for folder in folders
-        for p in sorted(folder.iterdir())
-        if p.name.startswith(("mesh-", "anchor-"))
-    }
+    runs = {p.name: val_losses(p) for folder in folders for p in sorted(folder.iterdir()) if "-seed" in p.name}
+    mesh_vs_anchor({name: r for name, r in runs.items() if name.startswith(("mesh-", "anchor-"))})
+    print()
+    last_step(runs)
+
+
+def last_step(runs: dict[str, dict[int, float]]) -> None:
+    """Each variant's val loss at the end of the schedule, and paired differences on the seeds both finished."""
+    end = max(max(r) for r in runs.values())
+    done = {name: r[end] for name, r in runs.items() if end in r}
+    variants = sorted({name.split("-seed")[0] for name in done}, key=["vanilla", "base", "anchor", "mesh"].index)
+    seeds = sorted({int(name.split("seed")[1]) for name in done})
+    print(f"| variant | {' | '.join(f'seed {s}' for s in seeds)} | - anchor | - vanilla |")
+    print("| --- " * (3 + len(seeds)) + "|")
+    for v in variants:
+        cells = [f"{done[f'{v}-seed{s}']:.4f}" if f"{v}-seed{s}" in done else "-" for s in seeds]
+        for ref in ("anchor", "vanilla"):
+            both = [s for s in seeds if f"{v}-seed{s}" in done and f"{ref}-seed{s}" in done]
+            if v == ref or not both:
+                cells.append("-")
+                continue
+            ci = interval([done[f"{v}-seed{s}"] - done[f"{ref}-seed{s}"] for s in both])
+            bounds = "n/a" if ci["low"] is None else f"[{ci['low']:+.4f}, {ci['high']:+.4f}]"
+            cells.append(f"{ci['mean']:+.4f} {bounds} (seeds {', '.join(map(str, both))})")
+        print(f"| {v} | {' | '.join(cells)} |")
+
+
+def mesh_vs_anchor(runs: dict[str, dict[int, float]]) -> None:
     seeds = sorted({name.split("seed")[1] for name in runs}, key=int)
     pairs = {s: (runs.get(f"mesh-seed{s}"), runs.get(f"anchor-seed{s}")) for s in seeds}
     steps = sorted({st for mesh, anchor in pairs.values() if mesh and anchor for st in mesh.keys() & anchor.keys()})

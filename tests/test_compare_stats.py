@@ -205,6 +205,22 @@ def test_report_only_reports_each_variant_over_the_seeds_it_has(sweeps, tmp_path
     assert json.loads((sweep.out / "report.json").read_text())["runs"]["mesh"] == {"1": "runs/mesh-seed1"}
 
 
+def test_report_only_probes_the_first_reported_run_with_weights(sweeps, tmp_path, monkeypatch):
+    sweep = dataclasses.replace(_partial_copy(sweeps, tmp_path), probe_samples=2)
+    anchor0, anchor1 = (sweep.run_dir(Variant.parse("anchor"), s) for s in SEEDS)
+    for weights in (anchor0 / "model").glob("*.safetensors"):
+        weights.unlink()  # its eval.json stays: reported, but not probed
+    for run in sweep.out.glob("runs/*/probe"):
+        shutil.rmtree(run)
+    monkeypatch.setattr(loop, "train", lambda cfg: pytest.fail(f"--report-only trained {cfg.out}"))
+    summary = run_sweep(sweep, report_only=True)
+    assert summary["variants"]["anchor"]["seeds"] == SEEDS
+    assert (anchor1 / "probe" / "probe.json").is_file() and not (anchor0 / "probe").exists()
+    probed = {p.parent.parent.name for p in sweep.out.glob("runs/*/probe/probe.json")}
+    assert probed == {"vanilla-seed0", "base-seed0", "anchor-seed1", "mesh-seed1"}
+    assert "probe/cka.png" in summary["figures"]
+
+
 def test_without_report_only_the_missing_runs_are_trained(sweeps, tmp_path, monkeypatch):
     sweep = _partial_copy(sweeps, tmp_path)
     trained = []

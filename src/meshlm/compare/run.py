@@ -26,6 +26,10 @@ def _finished(run_dir: Path, steps: int) -> bool:
     return state.exists() and read_json(state).get("steps") == steps
 
 
+def _has_weights(run_dir: Path) -> bool:
+    return any((run_dir / "model").glob("*.safetensors"))
+
+
 def _eval_tokens(shards, limit: int, held_out: bool) -> torch.Tensor:
     """The first ``limit`` tokens of ``shards``: its validation split, or all of it for an extra eval set."""
     import numpy as np
@@ -42,7 +46,7 @@ def _load_model(run_dir: Path):
     from transformers import AutoModelForCausalLM
 
     model_dir = run_dir / "model"
-    if not any(model_dir.glob("*.safetensors")):
+    if not _has_weights(run_dir):
         raise MeshLMError(
             f"{model_dir} has no weights (*.safetensors) to evaluate, and this sweep needs a result its "
             "eval.json / eval_loops.json do not hold; train that run again (delete its folder), or ask "
@@ -102,8 +106,11 @@ def evaluate_loops(sweep: Sweep, run_dir: Path, eval_sets: dict) -> dict[str, di
 
 
 def probe_variants(sweep: Sweep, seeds: dict[str, list[int]]) -> list[Path]:
-    """Diagnostics of each variant's first-seed model (of ``seeds``, the runs reported) on held-out
-    windows, figures side by side."""
+    """Diagnostics of each variant's first-seed model on held-out windows, figures side by side.
+
+    The first of ``seeds`` (the runs reported) whose weights are here: run folders gathered without
+    their weights (``--report-only``) are skipped, and a variant with none is left out with a note.
+    """
     if sweep.probe_samples < 1:
         return []
     from meshlm.probe.figures import write_figures
@@ -111,9 +118,12 @@ def probe_variants(sweep: Sweep, seeds: dict[str, list[int]]) -> list[Path]:
 
     results = {}
     for variant in sweep.variants:
-        if not seeds.get(variant.name):
+        runs = [sweep.run_dir(variant, s) for s in seeds.get(variant.name, [])]
+        run = next((r for r in runs if _has_weights(r)), None)
+        if run is None:
+            if runs:
+                log(f"note: no probe of {variant.name}: none of its reported runs has its weights here")
             continue
-        run = sweep.run_dir(variant, seeds[variant.name][0])
         results[variant.name] = probe_dir(
             run / "model",
             sweep.train.data,
@@ -124,7 +134,7 @@ def probe_variants(sweep: Sweep, seeds: dict[str, list[int]]) -> list[Path]:
             device=sweep.train.device,
             progress=False,
         )
-    return write_figures(results, sweep.out / "probe")
+    return write_figures(results, sweep.out / "probe") if results else []
 
 
 def check_optional_dependencies(sweep: Sweep) -> None:
@@ -142,7 +152,7 @@ def _unreportable(run_dir: Path, steps: int) -> str | None:
         return "no run folder"
     if not _finished(run_dir, steps):
         return "no finished model (model/trainer_state.json at the last step)"
-    if not (run_dir / "eval.json").exists() and not any((run_dir / "model").glob("*.safetensors")):
+    if not (run_dir / "eval.json").exists() and not _has_weights(run_dir):
         return "no eval.json and no weights"
     return None
 

@@ -166,9 +166,13 @@ def _partial_copy(sweeps, tmp_path) -> Sweep:
     (sweep.run_dir(Variant.parse("base"), 1) / "model" / "trainer_state.json").unlink()  # e.g. stopped mid-run
     mesh0 = sweep.run_dir(Variant.parse("mesh"), 0)
     (mesh0 / "eval.json").unlink()
-    for weights in (mesh0 / "model").glob("*.safetensors"):
-        weights.unlink()
+    _drop_weights(mesh0)
     return sweep
+
+
+def _drop_weights(run_dir) -> None:
+    for weights in (run_dir / "model").glob("*.safetensors"):
+        weights.unlink()
 
 
 def test_report_only_reports_each_variant_over_the_seeds_it_has(sweeps, tmp_path, monkeypatch):
@@ -208,8 +212,7 @@ def test_report_only_reports_each_variant_over_the_seeds_it_has(sweeps, tmp_path
 def test_report_only_probes_the_first_reported_run_with_weights(sweeps, tmp_path, monkeypatch):
     sweep = dataclasses.replace(_partial_copy(sweeps, tmp_path), probe_samples=2)
     anchor0, anchor1 = (sweep.run_dir(Variant.parse("anchor"), s) for s in SEEDS)
-    for weights in (anchor0 / "model").glob("*.safetensors"):
-        weights.unlink()  # its eval.json stays: reported, but not probed
+    _drop_weights(anchor0)  # its eval.json stays: reported, but not probed
     for run in sweep.out.glob("runs/*/probe"):
         shutil.rmtree(run)
     monkeypatch.setattr(loop, "train", lambda cfg: pytest.fail(f"--report-only trained {cfg.out}"))

@@ -116,7 +116,7 @@ def _loops_curve(names: list[str], loops: dict) -> dict:
     """``{variant: {set: {k: {loss_mean, loss_std, losses}}}}`` over the variants evaluated at several loop counts."""
     curve = {}
     for variant, by_seed in loops.items():
-        if not by_seed or not all(by_seed.values()):
+        if not all(by_seed.values()):
             continue  # a run without a shared core has no loop count to vary
         counts = list(next(iter(by_seed.values())))
         curve[variant] = {
@@ -264,10 +264,10 @@ def loss_range(points: list[tuple[float, float]], skip_frac: float = LOSS_RANGE_
     return low - margin, high + margin
 
 
-def plot_loss_curves(sweep: Sweep, path: Path, seeds: dict[str, list[int]] | None = None) -> Path | None:
+def plot_loss_curves(sweep: Sweep, path: Path, seeds: dict[str, list[int]]) -> Path | None:
     """Training loss (mean over seeds) and held-out points of every variant against tokens, one plot.
 
-    ``seeds`` (variant name -> seeds) limits the plot to the runs a report covers; default: the whole grid.
+    ``seeds`` (variant name -> seeds) are the runs the report covers.
     """
     try:
         from matplotlib.figure import Figure
@@ -275,7 +275,6 @@ def plot_loss_curves(sweep: Sweep, path: Path, seeds: dict[str, list[int]] | Non
     except ImportError:
         log("note: matplotlib is not installed, no loss_curves.png (pip install 'meshlm[plot]')")
         return None
-    seeds = seeds if seeds is not None else {v.name: sweep.seeds for v in sweep.variants}
     fig = Figure(figsize=(8, 5), dpi=120)
     ax = fig.add_subplot()
     points, handles = [], []

@@ -182,18 +182,19 @@ def run_sweep(sweep: Sweep, report_only: bool = False) -> dict:
         extra = load_tokens(source, tokenizer, cache_dir=sweep.train.cache_dir)
         eval_sets[name] = _eval_tokens(extra, sweep.eval_tokens, held_out=False)
     cells = [(variant, seed) for seed in sweep.seeds for variant in sweep.variants]
-    missing = []
+    done, missing = cells, []
     if report_only:
+        done = []
         for variant, seed in cells:
             if reason := _unreportable(sweep.run_dir(variant, seed), planned["steps"]):
                 missing.append({"variant": variant.name, "seed": seed, "reason": reason})
                 log(f"[left out] {variant.name} seed {seed}: {reason}")
-        if len(missing) == len(cells):
+            else:
+                done.append((variant, seed))
+        if not done:
             raise MeshLMError(f"--report-only: no run of {sweep.out} is finished and evaluable, so there is no report")
     else:
         _train_pending(sweep, cells, planned, eval_sets, tokenizer.vocab_size, train)
-    left_out = {(m["variant"], m["seed"]) for m in missing}
-    done = [(v, s) for v, s in cells if (v.name, s) not in left_out]
     evals, loops = {}, {}
     for variant, seed in done:
         run_dir = sweep.run_dir(variant, seed)

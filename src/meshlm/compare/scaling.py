@@ -83,6 +83,11 @@ def _check_same_recipe(reports: list[dict]) -> dict:
     return {"variants": variants, **first}
 
 
+def _seeds_of(report: dict, variant: str) -> list[int]:
+    """The seeds a report has of ``variant``: its own (``--report-only``) or, before those, the sweep's."""
+    return report["variants"][variant].get("seeds", report["seeds"])
+
+
 def _budget(report: dict, eval_sets: list[str], variants: dict, references: list[str]) -> dict:
     """One budget's row: loss per variant and the paired differences against each reference.
 
@@ -91,7 +96,7 @@ def _budget(report: dict, eval_sets: list[str], variants: dict, references: list
     """
     tokens = report["plan"]["steps"] * report["train"]["batch_tokens"]
     # a report of what finished (--report-only) may miss seeds of some variants: count those the curve has
-    has = {s for v in variants for s in report["variants"][v].get("seeds", report["seeds"])}
+    has = {s for v in variants for s in _seeds_of(report, v)}
     seeds = [s for s in report["seeds"] if s in has]
     row = {"tokens": tokens, "steps": report["plan"]["steps"], "seeds": seeds, "sweep": report["folder"]}
     for name in eval_sets:
@@ -103,7 +108,7 @@ def _budget(report: dict, eval_sets: list[str], variants: dict, references: list
                     "std": r["loss_std"],
                     "n": len(r["losses"]),
                     "losses": r["losses"],
-                    "seeds": report["variants"][v].get("seeds", report["seeds"]),
+                    "seeds": _seeds_of(report, v),
                 }
                 for v, r in rows.items()
             },

@@ -1,12 +1,14 @@
 """Mesh - anchor in the training logs' val loss, per seed and step, with the paired 95% t interval;
 then every variant's val loss at the last step and its paired differences against anchor and vanilla.
 
-Reads the ``log.jsonl`` of every ``<variant>-seedN`` run under the run folders given (default: the
-250M sweeps here); a run in a later folder replaces one of the same name in an earlier one, so
+Reads the ``log.jsonl`` of every ``<variant>-seedN`` run given, as a run folder or a folder of runs
+(default: the 250M grid here); a run given later replaces one of the same name given earlier, so
 ``s31-250M-s12``'s mesh seed 2 (stopped at step 5,080) replaces the eighth session's, whose
 in-training val loss is not trusted (README). The val loss is the training loop's: 20 batches of
-32 x 1024 tokens from the corpus's val split, the same windows at every eval. Mid-run points are
-not the end of a shorter budget (the learning rate has not decayed yet); only the last row is a result.
+32 x 1024 tokens from the corpus's val split, the same windows at every eval. At the last step the
+eager re-score of the same batches (``val_loss_eager``) is used where the run logged one. Mid-run
+points are not the end of a shorter budget (the learning rate has not decayed yet); only the last
+row is a result.
 
     python docs/results/scaling-31m/val_gaps.py
 """
@@ -18,17 +20,19 @@ from pathlib import Path
 from meshlm.compare.stats import interval
 
 HERE = Path(__file__).parent
-DEFAULT = [HERE / "s31-250M" / "runs", HERE / "s31-250M-s12" / "runs"]
+DEFAULT = [HERE / "s31-250M" / "runs", HERE / "s31-250M-s12" / "runs" / "mesh-seed2"]
+ORDER = ["vanilla", "base", "anchor", "mesh"]
 
 
 def val_losses(run: Path) -> dict[int, float]:
-    """``{step: val_loss}`` of one run's log."""
+    """``{step: val_loss}`` of one run's log, the eager re-score where one was logged."""
     rows = (json.loads(line) for line in (run / "log.jsonl").read_text().splitlines())
-    return {r["step"]: r["val_loss"] for r in rows if "val_loss" in r}
+    return {r["step"]: r.get("val_loss_eager", r["val_loss"]) for r in rows if "val_loss" in r}
 
 
-def main(folders: list[Path]) -> None:
-    runs = {p.name: val_losses(p) for folder in folders for p in sorted(folder.iterdir()) if "-seed" in p.name}
+def main(paths: list[Path]) -> None:
+    folders = [[p] if (p / "log.jsonl").exists() else sorted(p.iterdir()) for p in paths]
+    runs = {p.name: val_losses(p) for folder in folders for p in folder if "-seed" in p.name}
     mesh_vs_anchor({name: r for name, r in runs.items() if name.startswith(("mesh-", "anchor-"))})
     print()
     last_step(runs)
@@ -38,7 +42,8 @@ def last_step(runs: dict[str, dict[int, float]]) -> None:
     """Each variant's val loss at the end of the schedule, and paired differences on the seeds both finished."""
     end = max(max(r) for r in runs.values())
     done = {name: r[end] for name, r in runs.items() if end in r}
-    variants = sorted({name.split("-seed")[0] for name in done}, key=["vanilla", "base", "anchor", "mesh"].index)
+    names = {name.split("-seed")[0] for name in done}
+    variants = [v for v in ORDER if v in names] + sorted(names - set(ORDER))
     seeds = sorted({int(name.split("seed")[1]) for name in done})
     print(f"| variant | {' | '.join(f'seed {s}' for s in seeds)} | - anchor | - vanilla |")
     print("| --- " * (3 + len(seeds)) + "|")

@@ -131,6 +131,14 @@ def tiny_train(corpus, out, **overrides):
     return TrainConfig(**tiny_run(corpus, out, out.parent / "cache", **overrides))
 
 
+@pytest.fixture
+def no_training(monkeypatch):
+    """Fail the test if it trains anything (``--report-only`` must only read what is there)."""
+    from meshlm.train import loop
+
+    monkeypatch.setattr(loop, "train", lambda cfg: pytest.fail(f"--report-only trained {cfg.out}"))
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

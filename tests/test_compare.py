@@ -146,10 +146,9 @@ def test_compare_cli_reads_sweep_yaml(tmp_path, sweep, capsys):
     assert cfg["router_init"] == "fresh_slot"
 
 
-def test_compare_report_only_of_nothing_finished_is_one_error_line(tmp_path, sweep, capsys, monkeypatch):
+def test_compare_report_only_of_nothing_finished_is_one_error_line(tmp_path, sweep, capsys, no_training):
     from meshlm.cli import main
 
-    monkeypatch.setattr(loop, "train", lambda cfg: pytest.fail(f"--report-only trained {cfg.out}"))
     config = tmp_path / "sweep.yaml"
     config.write_text(
         f"data: {sweep.train.data}\ntokenizer: bpe:300\nhidden_size: 32\nnum_attention_heads: 4\n"

@@ -175,10 +175,9 @@ def _drop_weights(run_dir) -> None:
         weights.unlink()
 
 
-def test_report_only_reports_each_variant_over_the_seeds_it_has(sweeps, tmp_path, monkeypatch):
+def test_report_only_reports_each_variant_over_the_seeds_it_has(sweeps, tmp_path, no_training):
     sweep = _partial_copy(sweeps, tmp_path)
     full = sweeps[BUDGETS[-1]]
-    monkeypatch.setattr(loop, "train", lambda cfg: pytest.fail(f"--report-only trained {cfg.out}"))
     summary = run_sweep(sweep, report_only=True)
     assert [(m["variant"], m["seed"], m["reason"]) for m in summary["missing"]] == [
         ("mesh", 0, "no eval.json and no weights"),
@@ -209,13 +208,12 @@ def test_report_only_reports_each_variant_over_the_seeds_it_has(sweeps, tmp_path
     assert json.loads((sweep.out / "report.json").read_text())["runs"]["mesh"] == {"1": "runs/mesh-seed1"}
 
 
-def test_report_only_probes_the_first_reported_run_with_weights(sweeps, tmp_path, monkeypatch):
+def test_report_only_probes_the_first_reported_run_with_weights(sweeps, tmp_path, no_training):
     sweep = dataclasses.replace(_partial_copy(sweeps, tmp_path), probe_samples=2)
     anchor0, anchor1 = (sweep.run_dir(Variant.parse("anchor"), s) for s in SEEDS)
     _drop_weights(anchor0)  # its eval.json stays: reported, but not probed
     for run in sweep.out.glob("runs/*/probe"):
         shutil.rmtree(run)
-    monkeypatch.setattr(loop, "train", lambda cfg: pytest.fail(f"--report-only trained {cfg.out}"))
     summary = run_sweep(sweep, report_only=True)
     assert summary["variants"]["anchor"]["seeds"] == SEEDS
     assert (anchor1 / "probe" / "probe.json").is_file() and not (anchor0 / "probe").exists()
@@ -233,18 +231,16 @@ def test_without_report_only_the_missing_runs_are_trained(sweeps, tmp_path, monk
     assert trained == [str(sweep.run_dir(Variant.parse(v), 1)) for v in ("vanilla", "base")]
 
 
-def test_report_only_with_nothing_finished_says_so(sweeps, tmp_path, monkeypatch):
+def test_report_only_with_nothing_finished_says_so(sweeps, tmp_path, no_training):
     sweep = dataclasses.replace(sweeps[BUDGETS[-1]], out=tmp_path / "empty")
-    monkeypatch.setattr(loop, "train", lambda cfg: pytest.fail(f"--report-only trained {cfg.out}"))
     with pytest.raises(MeshLMError, match=r"no run of .* is finished and evaluable"):
         run_sweep(sweep, report_only=True)
 
 
-def test_scaling_merges_a_report_of_what_finished(sweeps, tmp_path, monkeypatch, capsys):
+def test_scaling_merges_a_report_of_what_finished(sweeps, tmp_path, no_training, capsys):
     from meshlm.cli import main
 
     sweep = _partial_copy(sweeps, tmp_path)
-    monkeypatch.setattr(loop, "train", lambda cfg: pytest.fail(f"--report-only trained {cfg.out}"))
     run_sweep(sweep, report_only=True)
     out = tmp_path / "scaling"
     assert main(["scaling", str(sweeps[BUDGETS[0]].out), str(sweep.out), "--out", str(out)]) == 0

@@ -5,7 +5,8 @@ events), tokens/s, MFU against a bf16 matmul peak measured in the same run, peak
 whether ``torch.compile(fullgraph=True)`` traced the model without a graph break.
 ``--loss fused,plain`` times meshlm both with its fused head + cross-entropy and with full
 logits + ``F.cross_entropy`` (the before/after of the fused loss); ``--profile DIR`` writes the
-top CUDA kernels of a few profiled steps per model (evidence for where the time goes).
+top CUDA kernels of a few profiled steps per model (evidence for where the time goes);
+``--sdpa-backend`` pins the attention kernel of the meshlm rows (HF's keep SDPA's own choice).
 
     PYTHONPATH=src python bench/train_step.py --preset pythia-160m --micro-batch 16 --seq-len 2048 \
         --variants 12:base,2+4R2+2:base,2+4R2+2:mesh --hf --compile --json out.json
@@ -14,6 +15,7 @@ top CUDA kernels of a few profiled steps per model (evidence for where the time 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -23,6 +25,8 @@ import sys
 import torch
 import torch.nn.functional as F
 import transformers
+from attention_layout import BACKENDS  # the sibling bench script; run this file as bench/train_step.py
+from torch.nn.attention import sdpa_kernel
 
 from meshlm import MeshLMConfig, MeshLMForCausalLM
 from meshlm.accounting import count
@@ -49,8 +53,8 @@ def _step_fn(model, loss_kind: str):
     return step
 
 
-def _profile(full_step, path: str) -> None:
-    """Write the top CUDA kernels of three profiled calls of ``full_step`` to ``path``."""
+def _profile(full_step, path: str, rows: int) -> None:
+    """Write the top ``rows`` CUDA kernels of three profiled calls of ``full_step`` to ``path``."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
@@ -58,7 +62,7 @@ def _profile(full_step, path: str) -> None:
             full_step()
         torch.cuda.synchronize()
     with open(path, "w") as f:
-        f.write(prof.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=90))
+        f.write(prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows, max_name_column_width=90))
 
 
 def bench_one(model, flops_per_token: int, args, peak: float, loss_kind: str, profile_path: str | None) -> dict:
@@ -111,7 +115,7 @@ def bench_one(model, flops_per_token: int, args, peak: float, loss_kind: str, pr
     peak_mem = torch.cuda.max_memory_allocated(device)
     if profile_path:
         w = batches[0]
-        _profile(lambda: (step(w[:, :-1], w[:, 1:]), update()), profile_path)
+        _profile(lambda: (step(w[:, :-1], w[:, 1:]), update()), profile_path, args.profile_rows)
     ms = statistics.median(s.elapsed_time(e) for s, e in times)
     tokens = args.micro_batch * args.seq_len
     tok_s = tokens / (ms / 1000)
@@ -142,6 +146,13 @@ def main() -> None:
     )
     parser.add_argument("--loss", default="fused", help="meshlm loss path(s): fused, plain or fused,plain")
     parser.add_argument("--profile", metavar="DIR", help="write a kernel profile per model into DIR")
+    parser.add_argument("--profile-rows", type=int, default=40, help="kernels per profile table (default: 40)")
+    parser.add_argument(
+        "--sdpa-backend",
+        choices=tuple(BACKENDS),
+        default="default",
+        help="attention kernel for the meshlm rows (default: SDPA's choice); HF's rows are left to SDPA",
+    )
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args()
     losses = args.loss.split(",")
@@ -168,17 +179,16 @@ def main() -> None:
                 args.preset, layout=layout, scheme=scheme, max_position_embeddings=args.seq_len
             )
             model = MeshLMForCausalLM(cfg).to(device)
-            name = f"meshlm {layout} {scheme} ({loss_kind} loss)"
+            attention = "" if args.sdpa_backend == "default" else f", {args.sdpa_backend} attention"
+            name = f"meshlm {layout} {scheme} ({loss_kind} loss{attention})"
         flops = count(cfg, args.seq_len).flops_per_token
         profile_path = None
         if args.profile:
             profile_path = os.path.join(args.profile, re.sub(r"[^A-Za-z0-9.]+", "_", name).strip("_") + ".txt")
-        row = {
-            "model": name,
-            "preset": args.preset,
-            "flops_per_token": flops,
-            **bench_one(model, flops, args, peak, loss_kind, profile_path),
-        }
+        backend = BACKENDS[args.sdpa_backend] if layout != "hf" else None
+        with sdpa_kernel(backend) if backend else contextlib.nullcontext():
+            timed = bench_one(model, flops, args, peak, loss_kind, profile_path)
+        row = {"model": name, "preset": args.preset, "flops_per_token": flops, **timed}
         rows.append(row)
         print(json.dumps(row), flush=True)
         del model
@@ -191,6 +201,7 @@ def main() -> None:
         "seq_len": args.seq_len,
         "compile": args.compile,
         "compile_mode": args.compile_mode,
+        "sdpa_backend_meshlm": args.sdpa_backend,
         "transformers": transformers.__version__,
     }
     print(f"\n{meta}")

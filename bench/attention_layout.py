@@ -40,6 +40,12 @@ BACKENDS: dict[str, list[SDPBackend] | None] = {
 }
 
 
+def pinned(backend: str) -> contextlib.AbstractContextManager:
+    """A context pinning SDPA to the backend named in ``BACKENDS`` (``default``: SDPA's own choice)."""
+    kernels = BACKENDS[backend]
+    return sdpa_kernel(kernels) if kernels else contextlib.nullcontext()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=8)
@@ -66,7 +72,7 @@ def main() -> None:
             out.transpose(1, 2).reshape(b, n, h * d).sum().backward()
             return out
 
-        with sdpa_kernel(BACKENDS[backend]) if BACKENDS[backend] else contextlib.nullcontext():
+        with pinned(backend):
             try:
                 _time(name, run, args.iters, device)
             except RuntimeError as err:  # a backend that cannot take this shape, dtype or device

@@ -15,7 +15,6 @@ top CUDA kernels of a few profiled steps per model (evidence for where the time 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
@@ -25,8 +24,7 @@ import sys
 import torch
 import torch.nn.functional as F
 import transformers
-from attention_layout import BACKENDS  # the sibling bench script; run this file as bench/train_step.py
-from torch.nn.attention import sdpa_kernel
+from attention_layout import BACKENDS, pinned  # the sibling bench script; run this file as bench/train_step.py
 
 from meshlm import MeshLMConfig, MeshLMForCausalLM
 from meshlm.accounting import count
@@ -185,8 +183,7 @@ def main() -> None:
         profile_path = None
         if args.profile:
             profile_path = os.path.join(args.profile, re.sub(r"[^A-Za-z0-9.]+", "_", name).strip("_") + ".txt")
-        backend = BACKENDS[args.sdpa_backend] if layout != "hf" else None
-        with sdpa_kernel(backend) if backend else contextlib.nullcontext():
+        with pinned(args.sdpa_backend if layout != "hf" else "default"):
             timed = bench_one(model, flops, args, peak, loss_kind, profile_path)
         row = {"model": name, "preset": args.preset, "flops_per_token": flops, **timed}
         rows.append(row)
